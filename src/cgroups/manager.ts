@@ -1,0 +1,209 @@
+/** Cgroup managers: one interface, with cgroup v1, unified v2 and hybrid layouts. */
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { posix } from 'node:path';
+import { TsruncError } from '../errors.js';
+import type { CgroupMountSource } from '../init/compile.js';
+
+export type CgroupMode = 'v1' | 'v2' | 'hybrid';
+
+export interface Hierarchy {
+  /** name under /sys/fs/cgroup, e.g. "memory", "systemd", "unified"; "" for a pure v2 host */
+  name: string;
+  mountpoint: string;
+  fstype: 'cgroup' | 'cgroup2';
+  /** controllers (v1) or mount data such as "name=systemd" */
+  controllers: string[];
+  /** the path of the mount's root inside the hierarchy (mountinfo field 4) */
+  root: string;
+}
+
+export interface CgroupManager {
+  readonly mode: CgroupMode;
+  /** hierarchy name -> the container's directory on the host */
+  readonly paths: Record<string, string>;
+  create(): void;
+  /** Moves a process (and so its future children) into the container's cgroups. */
+  apply(pid: number): void;
+  /** Host pids of every process in the container's cgroup. */
+  pids(): number[];
+  /** Removes every directory of the container; retries while the kernel still counts dying tasks. */
+  destroy(): Promise<void>;
+  mountSources(): CgroupMountSource[];
+}
+
+let hierarchiesCache: Hierarchy[] | undefined;
+
+export function hostHierarchies(mountinfo = '/proc/self/mountinfo'): Hierarchy[] {
+  if (hierarchiesCache && mountinfo === '/proc/self/mountinfo') return hierarchiesCache;
+  const out: Hierarchy[] = [];
+  for (const line of readFileSync(mountinfo, 'utf8').split('\n')) {
+    const sep = line.indexOf(' - ');
+    if (sep < 0) continue;
+    const left = line.slice(0, sep).split(' ');
+    const right = line.slice(sep + 3).split(' ');
+    const fstype = right[0];
+    if (fstype !== 'cgroup' && fstype !== 'cgroup2') continue;
+    const mountpoint = left[4].replace(/\\040/g, ' ');
+    const opts = (right[2] ?? '').split(',');
+    const controllers = fstype === 'cgroup'
+      ? opts.filter((o) => !['rw', 'ro', 'relatime', 'nosuid', 'nodev', 'noexec', 'xattr', 'noprefix', 'clone_children'].includes(o) && !o.startsWith('release_agent='))
+      : [];
+    if (out.some((h) => h.mountpoint === mountpoint)) continue;
+    out.push({ name: mountpoint === '/sys/fs/cgroup' ? '' : posix.basename(mountpoint), mountpoint, fstype, controllers, root: left[3] });
+  }
+  if (mountinfo === '/proc/self/mountinfo') hierarchiesCache = out;
+  return out;
+}
+
+export function detectMode(h: Hierarchy[]): CgroupMode {
+  const v1 = h.some((x) => x.fstype === 'cgroup');
+  const v2 = h.some((x) => x.fstype === 'cgroup2');
+  if (!v1 && v2) return 'v2';
+  if (v1 && v2) return 'hybrid';
+  if (v1) return 'v1';
+  throw new TsruncError('no cgroup filesystem is mounted on this host');
+}
+
+/** The cgroup of this process in each hierarchy, from /proc/self/cgroup. */
+function ownCgroups(): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const line of readFileSync('/proc/self/cgroup', 'utf8').trim().split('\n')) {
+    const mm = /^\d+:([^:]*):(.*)$/.exec(line);
+    if (mm) m.set(mm[1], mm[2]);
+  }
+  return m;
+}
+
+/** Where a cgroupsPath lands in one hierarchy, runc's rules: absolute from the hierarchy root, relative from our own. */
+export function resolveCgroupDir(h: Hierarchy, cgroupsPath: string, own: Map<string, string>): string {
+  let rel: string;
+  if (cgroupsPath.startsWith('/')) {
+    rel = cgroupsPath;
+  } else {
+    const key = h.fstype === 'cgroup2' ? '' : h.controllers.join(',');
+    rel = posix.join(own.get(key) ?? '/', cgroupsPath);
+  }
+  // a mount whose root is not the hierarchy root (we run inside a cgroup namespace) shows paths below it
+  if (h.root !== '/' && rel.startsWith(h.root)) rel = rel.slice(h.root.length) || '/';
+  return posix.join(h.mountpoint, rel);
+}
+
+class FsCgroupManager implements CgroupManager {
+  constructor(readonly mode: CgroupMode, private readonly hier: Hierarchy[], readonly paths: Record<string, string>) {}
+
+  create(): void {
+    for (const h of this.hier) {
+      const dir = this.paths[h.name];
+      if (h.controllers.includes('cpuset')) this.mkdirCpuset(h.mountpoint, dir);
+      else mkdirSync(dir, { recursive: true });
+    }
+  }
+
+  /** v1 cpuset children start with no cpus and mems: copy them down from the parent. */
+  private mkdirCpuset(mountpoint: string, dir: string): void {
+    const rel = posix.relative(mountpoint, dir).split('/').filter(Boolean);
+    let cur = mountpoint;
+    for (const part of rel) {
+      const parent = cur;
+      cur = posix.join(cur, part);
+      if (!existsSync(cur)) mkdirSync(cur);
+      for (const f of ['cpuset.cpus', 'cpuset.mems']) {
+        const mine = readFileSync(posix.join(cur, f), 'utf8').trim();
+        if (mine === '') writeFileSync(posix.join(cur, f), readFileSync(posix.join(parent, f), 'utf8').trim());
+      }
+    }
+  }
+
+  apply(pid: number): void {
+    for (const h of this.hier) writeFileSync(posix.join(this.paths[h.name], 'cgroup.procs'), String(pid));
+  }
+
+  pids(): number[] {
+    const h = this.hier.find((x) => x.controllers.includes('pids') || x.controllers.includes('freezer')) ?? this.hier[0];
+    try {
+      return readFileSync(posix.join(this.paths[h.name], 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  }
+
+  async destroy(): Promise<void> {
+    const left: string[] = [];
+    for (const h of this.hier) {
+      const dir = this.paths[h.name];
+      if (!removeTree(dir)) left.push(dir);
+    }
+    for (let tries = 0; left.length > 0 && tries < 100; tries++) {
+      await new Promise((r) => setTimeout(r, 20));
+      for (let i = left.length - 1; i >= 0; i--) if (removeTree(left[i])) left.splice(i, 1);
+    }
+    if (left.length > 0) throw new TsruncError(`cannot remove cgroup ${left[0]}: it still has processes`);
+  }
+
+  mountSources(): CgroupMountSource[] {
+    return this.hier.map((h) => ({
+      name: h.name,
+      fstype: h.fstype,
+      data: h.controllers.map((c) => (c.startsWith('name=') ? `none,${c}` : c)).join(','),
+      hostDir: this.paths[h.name],
+    }));
+  }
+}
+
+/** rmdir of a cgroup directory and any sub-cgroups the container made; true when gone. */
+function removeTree(dir: string): boolean {
+  if (!existsSync(dir)) return true;
+  try {
+    rmdirSync(dir);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return true;
+    if (code === 'ENOTEMPTY' || code === 'EBUSY') {
+      // sub-cgroups first (only directories matter in cgroupfs)
+      let removedChild = false;
+      try {
+        for (const ent of subdirs(dir)) removedChild = removeTree(posix.join(dir, ent)) || removedChild;
+      } catch {
+        /* gone meanwhile */
+      }
+      if (removedChild) {
+        try {
+          rmdirSync(dir);
+          return true;
+        } catch {
+          return false;
+        }
+      }
+    }
+    return false;
+  }
+}
+
+function subdirs(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name);
+}
+
+export function defaultCgroupsPath(id: string): string {
+  return `/tsrunc/${id}`;
+}
+
+/** The manager for a container's cgroupsPath on this host. */
+export function cgroupManager(cgroupsPath: string, systemd = false): CgroupManager {
+  if (systemd) throw new TsruncError('--systemd-cgroup is not supported: systemd is not running on this host');
+  if (/^[^/]*:[^/]*:/.test(cgroupsPath))
+    throw new TsruncError(`linux.cgroupsPath: "${cgroupsPath}" is in systemd slice:prefix:name form; use a path (systemd cgroups are not supported)`);
+  if (cgroupsPath.split('/').includes('..')) throw new TsruncError(`linux.cgroupsPath: must not contain "..", got "${cgroupsPath}"`);
+  const hier = hostHierarchies();
+  const mode = detectMode(hier);
+  const own = ownCgroups();
+  const paths: Record<string, string> = {};
+  for (const h of hier) paths[h.name] = resolveCgroupDir(h, cgroupsPath, own);
+  return new FsCgroupManager(mode, hier, paths);
+}
+
+/** A manager for directories recorded earlier (delete, kill --all): no re-resolution. */
+export function cgroupManagerFromPaths(mode: CgroupMode, paths: Record<string, string>): CgroupManager {
+  const hier = hostHierarchies().filter((h) => h.name in paths);
+  return new FsCgroupManager(mode, hier, paths);
+}

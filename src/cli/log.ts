@@ -1,0 +1,31 @@
+/** Logging like runc: to --log (or stderr) as text or logrus-style JSON lines. */
+import { appendFileSync } from 'node:fs';
+
+export interface LogConfig {
+  file?: string;
+  format: 'text' | 'json';
+  debug: boolean;
+}
+
+let config: LogConfig = { format: 'text', debug: false };
+
+export function setLogConfig(c: LogConfig): void {
+  config = c;
+}
+
+export function log(level: 'debug' | 'info' | 'warning' | 'error', msg: string): void {
+  if (level === 'debug' && !config.debug) return;
+  const time = new Date().toISOString();
+  const line = config.format === 'json'
+    ? JSON.stringify({ level, msg, time }) + '\n'
+    : `time="${time}" level=${level} msg=${JSON.stringify(msg)}\n`;
+  if (config.file) {
+    try {
+      appendFileSync(config.file, line);
+    } catch {
+      /* a log we cannot write must not hide the message: stderr below still has it */
+    }
+  }
+  if (level === 'error') process.stderr.write(`tsrunc: ${msg}\n`);
+  else if (!config.file && (level === 'warning' || config.debug)) process.stderr.write(line);
+}

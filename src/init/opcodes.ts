@@ -1,0 +1,58 @@
+/** Mirror of the numbers in native/plan.h; test/unit/plan.test.ts checks the two agree. */
+export const MSG = {
+  PLAN: 1,
+  PID: 2,
+  GO: 3,
+  HOOKS: 4,
+  HOOKS_DONE: 5,
+  READY: 6,
+  CONTINUE: 7,
+  ERROR: 8,
+} as const;
+
+export const OP = {
+  SETNS: 1,
+  TIMENS: 2,
+  CLONE: 3,
+  MKFIFO: 4,
+  BECOME_ROOT: 10,
+  UNSHARE: 11,
+  OOM_SCORE: 12,
+  HOSTNAME: 13,
+  DOMAINNAME: 14,
+  LO_UP: 15,
+  OPEN_FIFO: 16,
+  ROOTFS: 17,
+  MOUNT: 18,
+  REMOUNT: 19,
+  PROPAGATE: 20,
+  MKNOD: 21,
+  BIND_DEV: 22,
+  SYMLINK: 23,
+  HOOKS_SYNC: 24,
+  PIVOT: 25,
+  ROOT_PROPAGATION: 26,
+  SYSCTL: 27,
+  MASK: 28,
+  READONLY: 29,
+  ROOT_RO: 30,
+  RLIMIT: 31,
+  UMASK: 32,
+  BOUNDING: 33,
+  USER: 34,
+  CAPS: 35,
+  NO_NEW_PRIVS: 36,
+  CHDIR: 37,
+  LOOKUP: 38,
+  READY_SYNC: 39,
+  FIFO_WAIT: 40,
+  HOOK: 41,
+  CLOEXEC_FROM: 42,
+  SECCOMP: 43,
+  EXEC: 44,
+  SETSID: 45,
+} as const;
+
+export const MOUNT_SYSFS_FALLBACK = 1;
+export const MOUNT_SRC_IN_ROOT = 2;
+export const PLAN_MAGIC = 0x31505354;
