@@ -549,10 +549,6 @@ static void run_child_op(struct op *o) {
   case OP_LO_UP:
     op_lo_up();
     break;
-  case OP_OPEN_FIFO:
-    fifo_fd = open(S(o, 0), O_PATH | O_CLOEXEC);
-    if (fifo_fd < 0) die(errno, "open %s", S(o, 0));
-    break;
   case OP_ROOTFS: {
     const char *rootfs = S(o, 0);
     if (mount(NULL, "/", NULL, MS_REC | (unsigned long)I(o, 1), NULL) < 0) die(errno, "set / propagation");
@@ -742,7 +738,10 @@ int main(int argc, char **argv) {
                (long long)I(o, 2), (long long)I(o, 3));
       write_file("/proc/self/timens_offsets", buf, "time namespace offsets");
     } else if (o->code == OP_MKFIFO) {
-      if (mkfifo(S(o, 0), (mode_t)I(o, 1)) < 0) die(errno, "mkfifo %s", S(o, 0));
+      if (mkfifo(S(o, 0), (mode_t)I(o, 1)) < 0 || chmod(S(o, 0), (mode_t)I(o, 1)) < 0) die(errno, "mkfifo %s", S(o, 0));
+    } else if (o->code == OP_OPEN_FIFO) {
+      fifo_fd = open(S(o, 0), O_PATH | O_CLOEXEC); /* before user namespaces take our access away */
+      if (fifo_fd < 0) die(errno, "open %s", S(o, 0));
     } else if (o->code == OP_CLONE) {
       break;
     } else {

@@ -25,6 +25,7 @@ enum {
   OP_TIMENS = 2,       /* i mono_sec, i mono_nsec, i boot_sec, i boot_nsec */
   OP_CLONE = 3,        /* i clone flags, i foreground(0/1) */
   OP_MKFIFO = 4,       /* s path, i mode */
+  OP_OPEN_FIFO = 5,    /* s path of exec.fifo, opened O_PATH and kept */
   /* executed by the container init, in order */
   OP_BECOME_ROOT = 10, /* (new user namespace) setresuid/setresgid 0 */
   OP_UNSHARE = 11,     /* i flags */
@@ -32,7 +33,6 @@ enum {
   OP_HOSTNAME = 13,    /* s name */
   OP_DOMAINNAME = 14,  /* s name */
   OP_LO_UP = 15,
-  OP_OPEN_FIFO = 16,   /* s host path of exec.fifo */
   OP_ROOTFS = 17,      /* s rootfs path, i propagation flags for "/" */
   OP_MOUNT = 18,       /* s source, s dest (in rootfs), s fstype, i flags, s data, i create(0 dir,1 file,2 none), i extra */
   OP_REMOUNT = 19,     /* s dest (in rootfs), i flags (added to the locked flags) */

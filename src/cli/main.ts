@@ -16,7 +16,6 @@ export interface Globals {
   debug: boolean;
   criu?: string;
   systemdCgroup: boolean;
-  rootless?: string;
 }
 
 export function globals(cmd: Command): Globals {
@@ -73,7 +72,6 @@ export function buildProgram(): Command {
     .option('--debug', 'debug logging', false)
     .option('--criu <path>', 'the CRIU binary to use (default: criu on PATH)')
     .option('--systemd-cgroup', 'use systemd to manage cgroups (not supported without systemd)', false)
-    .option('--rootless <value>', 'accepted for runc compatibility; tsrunc runs as root', 'auto')
     .showHelpAfterError(false)
     .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error:') ? `tsrunc: ${s.slice(7)}` : s) })
     .hook('preAction', (_this, sub) => {

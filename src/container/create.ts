@@ -11,7 +11,7 @@ import { compileInitPlan, newNamespaces } from '../init/compile.js';
 import { encodePlan, type InitPlan } from '../init/plan.js';
 import { SyncChannel, parseError, MSG } from '../init/handshake.js';
 import { cgroupManager, defaultCgroupsPath, type CgroupManager } from '../cgroups/manager.js';
-import { StateStore, ociState, writeFileAtomic, type ContainerRecord } from '../state/store.js';
+import { StateStore, ociState, validateId, writeFileAtomic, type ContainerRecord } from '../state/store.js';
 import { hasCapability, nofileHardLimit, procStat, waitGone } from '../linux/proc.js';
 import { lastCap } from '../linux/tables.js';
 import { executorPath } from './executor.js';
@@ -89,6 +89,7 @@ function writeIdMaps(pid: number, spec: Spec): void {
 }
 
 export async function createContainer(store: StateStore, opts: CreateOptions): Promise<Created> {
+  validateId(opts.id);
   const { bundle, spec } = loadBundle(opts.bundle);
   const proc = spec.process!;
   if (proc.terminal && !opts.consoleSocket)

@@ -82,13 +82,15 @@ export function parseMountOptions(options: string[] = []): ParsedOptions {
 }
 
 /**
- * Refuses a destination whose path inside the rootfs climbs out of it through a
- * symlink with "..". Absolute symlinks are followed from the rootfs, as the kernel
- * will (RESOLVE_IN_ROOT), so they stay inside. The executor resolves again at
- * mount time, inside the container's mount namespace; this check only gives the
- * user a clear error for a bundle that tries to escape.
+ * Resolves a destination inside the rootfs the way the kernel will
+ * (RESOLVE_IN_ROOT: absolute symlinks restart at the rootfs), and refuses one
+ * that climbs out of it through a symlink with "..". Returns the path with
+ * every existing symlink resolved, so the executor can create what is missing
+ * along a plain path. The executor resolves again at mount time, inside the
+ * container's mount namespace; this gives the user a clear error for a bundle
+ * that tries to escape.
  */
-export function checkDestinationInRoot(rootfs: string, dest: string, jsonPath: string): void {
+export function checkDestinationInRoot(rootfs: string, dest: string, jsonPath: string): string {
   const parts = dest.split('/').filter(Boolean);
   const stack: string[] = [];
   let budget = 40;
@@ -105,19 +107,21 @@ export function checkDestinationInRoot(rootfs: string, dest: string, jsonPath: s
     try {
       st = lstatSync(hostPath);
     } catch {
-      return; // the rest does not exist yet: the executor creates it inside the rootfs
+      // the rest does not exist yet: the executor creates it inside the rootfs
+      return posix.join('/', ...stack, comp, ...parts);
     }
     if (st.isSymbolicLink()) {
       if (--budget < 0) throw new SpecError(jsonPath, `${dest}: too many levels of symbolic links`);
       const target = readlinkSync(hostPath);
       const tparts = target.split('/').filter(Boolean);
+      const linkAt = posix.join('/', ...stack, comp);
       if (target.startsWith('/')) stack.length = 0;
       // a relative link that climbs above the rootfs is an escape attempt
       let depth = stack.length;
       for (const t of tparts) {
         if (t === '..') {
           if (depth === 0)
-            throw new SpecError(jsonPath, `${dest} goes through symlink ${posix.join('/', ...stack, comp)} -> ${target}, which points out of the rootfs`);
+            throw new SpecError(jsonPath, `${dest} goes through symlink ${linkAt} -> ${target}, which points out of the rootfs`);
           depth--;
         } else if (t !== '.') depth++;
       }
@@ -126,6 +130,7 @@ export function checkDestinationInRoot(rootfs: string, dest: string, jsonPath: s
       stack.push(comp);
     }
   }
+  return posix.join('/', ...stack);
 }
 
 function capMask(names: string[] | undefined, jsonPath: string, last: number): bigint {
@@ -148,12 +153,11 @@ export function newNamespaces(spec: Spec): Set<string> {
 
 function compileMount(b: PlanBuilder, m: Mount, i: number, spec: Spec, ctx: CompileContext): void {
   const jp = `mounts[${i}]`;
-  const dest = posix.normalize(m.destination);
-  checkDestinationInRoot(ctx.rootfs, dest, `${jp}.destination`);
+  const dest = checkDestinationInRoot(ctx.rootfs, posix.normalize(m.destination), `${jp}.destination`);
   const o = parseMountOptions(m.options);
   const isBind = o.bind || m.type === 'bind';
   const newNs = newNamespaces(spec);
-  const label = `${jp} (${isBind ? 'bind ' + m.source : m.type} on ${dest})`;
+  const label = `${jp} (${isBind ? 'bind ' + m.source : m.type} on ${m.destination})`;
 
   if (m.type === 'cgroup') {
     compileCgroupMount(b, dest, o, label, newNs.has('cgroup'), ctx);
@@ -220,7 +224,10 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
   const userNs = newNs.has('user');
 
   // --- before clone: the executor joins namespaces given by path, then clones
-  if (ctx.fifoPath) b.add('MKFIFO', 'create exec.fifo', ctx.fifoPath, 0o622);
+  if (ctx.fifoPath) {
+    b.add('MKFIFO', 'create exec.fifo', ctx.fifoPath, 0o622);
+    b.add('OPEN_FIFO', 'open exec.fifo', ctx.fifoPath);
+  }
   const joined = nsList(spec).filter((n) => n.path);
   joined.sort((a, z) => (a.type === 'user' ? -1 : z.type === 'user' ? 1 : 0));
   for (const n of joined) {
@@ -245,7 +252,6 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
   if ((cloneFlags & CLONE_NEWNET) !== 0) b.add('LO_UP', 'linux.namespaces (bring up lo in the new network namespace)');
   if (spec.hostname !== undefined) b.add('HOSTNAME', 'hostname', spec.hostname);
   if (spec.domainname !== undefined) b.add('DOMAINNAME', 'domainname', spec.domainname);
-  if (ctx.fifoPath) b.add('OPEN_FIFO', 'open exec.fifo', ctx.fifoPath);
 
   const rootProp = linux.rootfsPropagation;
   const firstProp = rootProp === 'private' || rootProp === 'rprivate' ? MS.PRIVATE : MS.SLAVE;
