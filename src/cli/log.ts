@@ -13,8 +13,10 @@ export function setLogConfig(c: LogConfig): void {
   config = c;
 }
 
-export function log(level: 'debug' | 'info' | 'warning' | 'error', msg: string): void {
+export function log(level: 'debug' | 'info' | 'warning' | 'error', message: string): void {
   if (level === 'debug' && !config.debug) return;
+  // one line per message, whatever a config value smuggled in
+  const msg = message.replace(/\r?\n/g, '\\n');
   const time = new Date().toISOString();
   const line = config.format === 'json'
     ? JSON.stringify({ level, msg, time }) + '\n'

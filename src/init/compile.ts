@@ -260,7 +260,7 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
   mounts.forEach((m, i) => compileMount(b, m, i, spec, ctx));
 
   const devMount = mounts.find((m) => posix.normalize(m.destination) === '/dev');
-  const devIsBind = devMount && parseMountOptions(devMount.options).bind;
+  const devIsBind = devMount && (devMount.type === 'bind' || parseMountOptions(devMount.options).bind);
   if (devMount && !devIsBind) {
     for (const d of DEFAULT_DEVICES) {
       if ((linux.devices ?? []).some((x) => x.path === d.path)) continue;

@@ -234,6 +234,8 @@ export function validateSpec(v: Json): Spec {
   linux(s.linux);
   const spec = s as unknown as Spec;
   const nsTypes = new Set((spec.linux?.namespaces ?? []).map((n) => n.type));
-  if (spec.hostname && !nsTypes.has('uts')) throw new SpecError('hostname', 'needs a new uts namespace in linux.namespaces');
+  // without its own uts namespace, setting these would rename the host
+  if (spec.hostname !== undefined && !nsTypes.has('uts')) throw new SpecError('hostname', 'needs a new uts namespace in linux.namespaces');
+  if (spec.domainname !== undefined && !nsTypes.has('uts')) throw new SpecError('domainname', 'needs a new uts namespace in linux.namespaces');
   return spec;
 }

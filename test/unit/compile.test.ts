@@ -381,3 +381,11 @@ test('checkDestinationInRoot refuses a destination climbing out with ".." and a 
   symlinkSync('loop', join(r, 'loop'));
   assert.throws(() => checkDestinationInRoot(r, '/loop', 'd'), /too many levels of symbolic links/);
 });
+
+test('a /dev given as type bind gets no device nodes or symlinks made on it', () => {
+  const p = compileInitPlan(spec((s) => {
+    s.mounts = s.mounts!.map((m) => (m.destination === '/dev' ? { destination: '/dev', type: 'bind', source: hostDir } : m));
+  }), ctx());
+  assert.equal(only(p, 'MKNOD').length, 0);
+  assert.equal(only(p, 'SYMLINK').length, 0);
+});

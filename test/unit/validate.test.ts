@@ -59,3 +59,9 @@ test('rejects a config that is not an object', () => {
   assert.throws(() => validateSpec([]), /^SpecError: \(config\.json\): must be an object$/);
   assert.throws(() => validateSpec(null), /^SpecError: \(config\.json\): is required$/);
 });
+
+test('hostname or domainname without a uts namespace is refused, even when empty', () => {
+  const noUts = (s: any) => (s.linux.namespaces = s.linux.namespaces.filter((n: any) => n.type !== 'uts'));
+  rejects((s) => { noUts(s); s.hostname = ''; }, 'hostname: needs a new uts namespace');
+  rejects((s) => { noUts(s); delete s.hostname; s.domainname = 'x'; }, 'domainname: needs a new uts namespace');
+});
