@@ -531,6 +531,11 @@ static void run_child_op(struct op *o) {
   case OP_UNSHARE:
     if (unshare((int)I(o, 0)) < 0) die(errno, "unshare");
     break;
+  case OP_KEYRING:
+    if (syscall(SYS_keyctl, 1 /* KEYCTL_JOIN_SESSION_KEYRING */, S(o, 0)) < 0 &&
+        !(I(o, 1) && (errno == EACCES || errno == ENOSYS)))
+      die(errno, "join session keyring %s", S(o, 0));
+    break;
   case OP_SETSID:
     if (setsid() < 0) die(errno, "setsid");
     break;

@@ -62,6 +62,7 @@ enum {
   OP_SECCOMP = 43,     /* s BPF program (struct sock_filter array), i flags */
   OP_EXEC = 44,        /* i argc, argv..., env... */
   OP_SETSID = 45,
+  OP_KEYRING = 46,     /* s name, i ignore EACCES/ENOSYS (0/1): join a new session keyring */
 };
 
 /* OP_MOUNT extra bits */

@@ -1,6 +1,6 @@
 /** create: a container whose init waits on exec.fifo for `start`. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { posix, resolve as resolvePath } from 'node:path';
 import { getSystemErrorMap } from 'node:util';
@@ -98,6 +98,12 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
       : 'cannot allocate a terminal when detaching without --console-socket (process.terminal is true)');
   if (proc.terminal) throw new TsruncError('process.terminal: terminals are not supported yet; set "terminal": false');
   if (spec.linux?.seccomp) throw new TsruncError('linux.seccomp: seccomp filters are not supported yet');
+  if (proc.apparmorProfile && !existsSync('/sys/kernel/security/apparmor'))
+    throw new TsruncError(`process.apparmorProfile: "${proc.apparmorProfile}" asked for, but AppArmor is not enabled on this host`);
+  if (proc.selinuxLabel && !existsSync('/sys/fs/selinux/enforce'))
+    throw new TsruncError(`process.selinuxLabel: "${proc.selinuxLabel}" asked for, but SELinux is not enabled on this host`);
+  if (proc.apparmorProfile || proc.selinuxLabel)
+    throw new TsruncError('process.apparmorProfile/selinuxLabel: LSM labels are not supported yet');
   const rootfs = spec.root!.path.startsWith('/') ? spec.root!.path : posix.join(bundle, spec.root!.path);
   try {
     if (!statSync(rootfs).isDirectory()) throw new Error();
@@ -110,6 +116,7 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
   // compile before claiming the id: a bad config leaves nothing behind
   const plan: InitPlan = compileInitPlan(spec, {
     rootfs, bundle, fifoPath, foreground: opts.foreground === true, noPivot: opts.noPivot === true,
+    sessionKeyring: opts.noNewKeyring ? undefined : `_ses.${opts.id}`,
     preserveFds: opts.preserveFds ?? 0, cgroupMounts: cgroups.mountSources(), lastCap: lastCap(),
     nofileHard: nofileHardLimit(), canRaiseRlimits: hasCapability(CAP_SYS_RESOURCE),
   });
@@ -121,7 +128,7 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
   let channel: SyncChannel | undefined;
   const record: ContainerRecord = {
     id: opts.id, pid: 0, startTime: 0, bundle, rootfs, created: new Date().toISOString(), owner: '',
-    annotations: spec.annotations ?? {}, cgroupMode: cgroups.mode, cgroupPaths: cgroups.paths, config: spec,
+    annotations: spec.annotations ?? {}, cgroupMode: cgroups.mode, cgroupPaths: cgroups.paths, config: spec, ready: false,
   };
   try {
     cgroups.create();
@@ -163,6 +170,8 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
           throw new TsruncError(`cannot move init into cgroup ${Object.values(cgroups.paths)[0]}: ${(e as Error).message}`);
         }
         if (newNamespaces(spec).has('user')) writeIdMaps(pid, spec);
+        // recorded now, so that a tsrunc killed mid-create leaves something `delete --force` can clean
+        store.save(record);
         channel.send(MSG.GO);
       } else if (f.type === MSG.HOOKS) {
         const st = ociState(record, 'creating');
@@ -171,6 +180,7 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
         await runHooks('createContainer', spec.hooks?.createContainer, st);
         channel.send(MSG.HOOKS_DONE);
       } else if (f.type === MSG.READY) {
+        record.ready = true;
         store.save(record);
         if (opts.pidFile) writeFileAtomic(resolvePath(opts.pidFile), String(pid), 0o644);
         await channel.send(MSG.CONTINUE, Buffer.from(JSON.stringify(ociState(record, 'created'))));

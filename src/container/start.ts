@@ -18,7 +18,7 @@ export async function startContainer(store: StateStore, id: string): Promise<Sta
     const status = store.status(rec);
     if (status !== 'created') {
       if (status === 'stopped') throw new TsruncError(`cannot start container "${id}": it is stopped`);
-      throw new TsruncError(`cannot start container "${id}": it is already ${status}`);
+      throw new TsruncError(`cannot start container "${id}": it is ${status === "creating" ? "still being created" : `already ${status}`}`);
     }
     const fifo = store.fifoPath(id);
     const fd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);

@@ -27,6 +27,8 @@ export interface CompileContext {
   fifoPath?: string;
   foreground: boolean;
   noPivot: boolean;
+  /** the session keyring name (runc: _ses.<id>); undefined with --no-new-keyring */
+  sessionKeyring?: string;
   preserveFds: number;
   cgroupMounts: CgroupMountSource[];
   lastCap: number;
@@ -247,6 +249,7 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
   // --- in the container init, after the runtime has placed it in its cgroups
   if (userNs) b.add('BECOME_ROOT', 'linux.uidMappings (become root in the user namespace)');
   b.add('SETSID', 'start a new session');
+  if (ctx.sessionKeyring) b.add('KEYRING', 'a new session keyring (--no-new-keyring to keep the caller\'s)', ctx.sessionKeyring, 1);
   if (proc.oomScoreAdj !== undefined) b.add('OOM_SCORE', 'process.oomScoreAdj', proc.oomScoreAdj);
   if (newNs.has('cgroup')) b.add('UNSHARE', 'linux.namespaces (new cgroup namespace)', CLONE_NEWCGROUP);
   if ((cloneFlags & CLONE_NEWNET) !== 0) b.add('LO_UP', 'linux.namespaces (bring up lo in the new network namespace)');

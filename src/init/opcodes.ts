@@ -51,6 +51,7 @@ export const OP = {
   SECCOMP: 43,
   EXEC: 44,
   SETSID: 45,
+  KEYRING: 46,
 } as const;
 
 export const MOUNT_SYSFS_FALLBACK = 1;

@@ -22,6 +22,8 @@ export interface ContainerRecord {
   cgroupMode: CgroupMode;
   cgroupPaths: Record<string, string>;
   config: Spec;
+  /** false until the init reported ready: a create in progress, or one whose tsrunc was killed */
+  ready: boolean;
 }
 
 const ID_MAX = 255;
@@ -100,6 +102,7 @@ export class StateStore {
 
   status(rec: ContainerRecord): Status {
     if (!isAlive(rec.pid, rec.startTime)) return 'stopped';
+    if (rec.ready === false) return 'creating';
     if (existsSync(this.fifoPath(rec.id))) return 'created';
     if (isFrozen(rec)) return 'paused';
     return 'running';

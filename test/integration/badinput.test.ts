@@ -1,10 +1,10 @@
 /** Bad input: one clear line, a non-zero exit, no stack trace, nothing left behind. */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { posix } from 'node:path';
-import { World, cgroupDirs, isOneLineError } from './helpers.js';
+import { TSRUNC, World, cgroupDirs, isOneLineError, until } from './helpers.js';
 
 const w = new World('bad');
 after(() => w.cleanup());
@@ -106,4 +106,22 @@ test('--log-format json writes runc-shaped JSON errors to --log', () => {
   assert.equal(line.level, 'error');
   assert.match(line.msg, /does not exist/);
   assert.ok(line.time);
+});
+
+test('a tsrunc killed in the middle of create leaves a container that delete --force cleans up', async () => {
+  const b = w.bundle(['true'], (s) => {
+    s.hooks = { createRuntime: [{ path: '/bin/sleep', args: ['sleep', '30'] }] };
+  });
+  const create = spawn(TSRUNC, ['--root', w.root, 'create', '--bundle', b, 'killed'], { stdio: 'ignore' });
+  await until('init recorded', () => existsSync(posix.join(w.root, 'killed', 'state.json')), 10000);
+  const st = w.state('killed');
+  assert.equal(st.status, 'creating');
+  create.kill('SIGKILL');
+  await new Promise((r) => create.on('exit', r));
+  assert.equal(w.tsrunc(['start', 'killed']).code, 1);
+  const d = w.tsrunc(['delete', '--force', 'killed']);
+  assert.equal(d.code, 0, d.stderr);
+  assert.equal(existsSync(posix.join(w.root, 'killed')), false);
+  assert.deepEqual(cgroupDirs('tsrunc/killed'), []);
+  assert.equal(existsSync(`/proc/${st.pid}/stat`) && !/\) Z /.test(readFileSync(`/proc/${st.pid}/stat`, 'utf8')), false, 'its init is gone');
 });

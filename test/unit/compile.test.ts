@@ -389,3 +389,10 @@ test('a /dev given as type bind gets no device nodes or symlinks made on it', ()
   assert.equal(only(p, 'MKNOD').length, 0);
   assert.equal(only(p, 'SYMLINK').length, 0);
 });
+
+test('a session keyring is joined unless --no-new-keyring', () => {
+  const with_ = compileInitPlan(spec(), ctx({ sessionKeyring: '_ses.abc' }));
+  assert.deepEqual(only(with_, 'KEYRING')[0].fields, ['_ses.abc', 1]);
+  assert.equal(after1(with_, 'SETSID'), 'KEYRING');
+  assert.equal(only(compileInitPlan(spec(), ctx()), 'KEYRING').length, 0);
+});
