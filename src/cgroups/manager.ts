@@ -1,5 +1,6 @@
 /** Cgroup managers: one interface, with cgroup v1, unified v2 and hybrid layouts. */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { TsruncError } from '../errors.js';
 import type { CgroupMountSource } from '../init/compile.js';
@@ -23,7 +24,7 @@ export interface CgroupManager {
   readonly paths: Record<string, string>;
   create(): void;
   /** Moves a process (and so its future children) into the container's cgroups. */
-  apply(pid: number): void;
+  apply(pid: number): Promise<void>;
   /** Host pids of every process in the container's cgroup. */
   pids(): number[];
   /** Removes every directory of the container; retries while the kernel still counts dying tasks. */
@@ -114,8 +115,9 @@ class FsCgroupManager implements CgroupManager {
     }
   }
 
-  apply(pid: number): void {
-    for (const h of this.hier) writeFileSync(posix.join(this.paths[h.name], 'cgroup.procs'), String(pid));
+  /** In parallel: each v1 migration waits for an RCU grace period, so one after another adds up. */
+  async apply(pid: number): Promise<void> {
+    await Promise.all(this.hier.map((h) => writeFile(posix.join(this.paths[h.name], 'cgroup.procs'), String(pid))));
   }
 
   pids(): number[] {

@@ -88,6 +88,18 @@ function writeIdMaps(pid: number, spec: Spec): void {
   }
 }
 
+function startExecutor(preserveFds: number): { executor: ChildProcess; channel: SyncChannel; spawnError: Promise<never> } {
+  const syncFd = 3 + preserveFds;
+  const stdio: ('inherit' | 'pipe' | number)[] = ['inherit', 'inherit', 'inherit'];
+  for (let fd = 3; fd < syncFd; fd++) stdio.push(fd);
+  stdio.push('pipe');
+  const executor = spawn(executorPath(), [], { stdio, env: { ...process.env, _TSRUNC_SYNC_FD: String(syncFd) } });
+  const spawnError = new Promise<never>((_, reject) =>
+    executor.once('error', (e) => reject(new TsruncError(`cannot run the executor ${executorPath()}: ${e.message}`))));
+  spawnError.catch(() => {});
+  return { executor, channel: new SyncChannel(executor.stdio[syncFd] as Socket), spawnError };
+}
+
 export async function createContainer(store: StateStore, opts: CreateOptions): Promise<Created> {
   validateId(opts.id);
   const { bundle, spec } = loadBundle(opts.bundle);
@@ -111,43 +123,34 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
     throw new TsruncError(`root.path: ${rootfs} is not a directory`);
   }
 
-  const cgroups: CgroupManager = cgroupManager(spec.linux?.cgroupsPath || defaultCgroupsPath(opts.id), opts.systemdCgroup);
-  const fifoPath = store.fifoPath(opts.id);
-  // compile before claiming the id: a bad config leaves nothing behind
-  const plan: InitPlan = compileInitPlan(spec, {
-    rootfs, bundle, fifoPath, foreground: opts.foreground === true, noPivot: opts.noPivot === true,
-    sessionKeyring: opts.noNewKeyring ? undefined : `_ses.${opts.id}`,
-    preserveFds: opts.preserveFds ?? 0, cgroupMounts: cgroups.mountSources(), lastCap: lastCap(),
-    nofileHard: nofileHardLimit(), canRaiseRlimits: hasCapability(CAP_SYS_RESOURCE),
-  });
-
-  store.claim(opts.id);
-  const unlock = await store.lock(opts.id);
+  // the executor starts (and makes its sealed copy) while the plan is compiled; it waits for the plan
+  const { executor, channel, spawnError } = startExecutor(opts.preserveFds ?? 0);
+  let cgroups: CgroupManager, plan: InitPlan, unlock: () => void;
+  try {
+    cgroups = cgroupManager(spec.linux?.cgroupsPath || defaultCgroupsPath(opts.id), opts.systemdCgroup);
+    // compile before claiming the id: a bad config leaves nothing behind
+    plan = compileInitPlan(spec, {
+      rootfs, bundle, fifoPath: store.fifoPath(opts.id), foreground: opts.foreground === true, noPivot: opts.noPivot === true,
+      sessionKeyring: opts.noNewKeyring ? undefined : `_ses.${opts.id}`,
+      preserveFds: opts.preserveFds ?? 0, cgroupMounts: cgroups.mountSources(), lastCap: lastCap(),
+      nofileHard: nofileHardLimit(), canRaiseRlimits: hasCapability(CAP_SYS_RESOURCE),
+    });
+    store.claim(opts.id);
+    unlock = await store.lock(opts.id);
+  } catch (e) {
+    channel.close();
+    executor.kill('SIGKILL');
+    throw e;
+  }
   let pid = 0;
-  let executor: ChildProcess | undefined;
-  let channel: SyncChannel | undefined;
   const record: ContainerRecord = {
     id: opts.id, pid: 0, startTime: 0, bundle, rootfs, created: new Date().toISOString(), owner: '',
     annotations: spec.annotations ?? {}, cgroupMode: cgroups.mode, cgroupPaths: cgroups.paths, config: spec, ready: false,
   };
   try {
     cgroups.create();
-    const preserve = opts.preserveFds ?? 0;
-    const syncFd = 3 + preserve;
-    const stdio: ('inherit' | 'pipe' | number)[] = ['inherit', 'inherit', 'inherit'];
-    for (let fd = 3; fd < syncFd; fd++) stdio.push(fd);
-    stdio.push('pipe');
-    executor = spawn(executorPath(), [], {
-      stdio,
-      env: { ...process.env, _TSRUNC_SYNC_FD: String(syncFd) },
-      detached: false,
-    });
-    const spawnError = new Promise<never>((_, reject) =>
-      executor!.once('error', (e) => reject(new TsruncError(`cannot run the executor ${executorPath()}: ${e.message}`))));
-    spawnError.catch(() => {});
-    channel = new SyncChannel(executor.stdio[syncFd] as Socket);
     channel.send(MSG.PLAN, encodePlan(plan));
-    const next = () => Promise.race([channel!.next(), spawnError]);
+    const next = () => Promise.race([channel.next(), spawnError]);
 
     const fail = (f: Buffer): never => {
       const e = parseError({ type: MSG.ERROR, payload: f });
@@ -165,7 +168,7 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
         record.pid = pid;
         record.startTime = procStat(pid)?.startTime ?? 0;
         try {
-          cgroups.apply(pid);
+          await cgroups.apply(pid);
         } catch (e) {
           throw new TsruncError(`cannot move init into cgroup ${Object.values(cgroups.paths)[0]}: ${(e as Error).message}`);
         }
@@ -193,7 +196,8 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
     unlock();
     return { record, executor };
   } catch (e) {
-    channel?.close();
+    channel.close();
+    executor.kill('SIGKILL');
     if (pid) {
       try {
         process.kill(pid, 'SIGKILL');
