@@ -556,7 +556,7 @@ static void run_child_op(struct op *o) {
     break;
   case OP_ROOTFS: {
     const char *rootfs = S(o, 0);
-    if (mount(NULL, "/", NULL, MS_REC | (unsigned long)I(o, 1), NULL) < 0) die(errno, "set / propagation");
+    if (mount(NULL, "/", NULL, (unsigned long)I(o, 1), NULL) < 0) die(errno, "set / propagation");
     if (mount(rootfs, rootfs, NULL, MS_BIND | MS_REC, NULL) < 0) die(errno, "bind rootfs %s", rootfs);
     root_fd = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (root_fd < 0) die(errno, "open rootfs %s", rootfs);

@@ -256,8 +256,11 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
   if (spec.hostname !== undefined) b.add('HOSTNAME', 'hostname', spec.hostname);
   if (spec.domainname !== undefined) b.add('DOMAINNAME', 'domainname', spec.domainname);
 
-  const rootProp = linux.rootfsPropagation;
-  const firstProp = rootProp === 'private' || rootProp === 'rprivate' ? MS.PRIVATE : MS.SLAVE;
+  // rootfsPropagation, as runc: applied to the whole tree before the spec's mounts (so their own
+  // propagation options win); a shared one only after pivot_root, which refuses shared parents
+  const rootProp = linux.rootfsPropagation || undefined;
+  const rootShared = rootProp !== undefined && (PROPAGATION_OPTIONS[rootProp] & MS.SHARED) !== 0;
+  const firstProp = rootProp && !rootShared ? PROPAGATION_OPTIONS[rootProp] : MS.SLAVE | MS.REC;
   b.add('ROOTFS', `root.path (${ctx.rootfs})`, ctx.rootfs, firstProp);
   const mounts = spec.mounts ?? [];
   mounts.forEach((m, i) => compileMount(b, m, i, spec, ctx));
@@ -292,7 +295,7 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
     b.add('HOOKS_SYNC', 'hooks (prestart, createRuntime, createContainer)');
 
   b.add('PIVOT', ctx.noPivot ? 'move the rootfs to / (--no-pivot)' : 'pivot_root into the rootfs', ctx.noPivot ? 1 : 0);
-  if (rootProp) b.add('ROOT_PROPAGATION', 'linux.rootfsPropagation', propagationFlag(rootProp));
+  if (rootShared) b.add('ROOT_PROPAGATION', 'linux.rootfsPropagation', propagationFlag(rootProp));
 
   for (const [k, v] of Object.entries(linux.sysctl ?? {})) b.add('SYSCTL', `linux.sysctl["${k}"]`, k.replace(/\./g, '/'), v);
   (linux.maskedPaths ?? []).forEach((p, i) => b.add('MASK', `linux.maskedPaths[${i}] (${p})`, posix.normalize(p)));

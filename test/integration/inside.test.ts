@@ -189,3 +189,28 @@ test('--preserve-fds passes extra descriptors; others are closed', () => {
   // 0-2 stdio, 3 preserved, 4 the directory ls itself opens; never the caller's fd 5
   assert.match(r.stdout, /^via fd 3\n0 1 2 3 4 $/);
 });
+
+test('spec devices are made with their numbers, mode and owner; /dev has the standard links', () => {
+  const r = runIn('ls -ln /dev/mynull /dev/ptmx /dev/fd /dev/stdin; echo x > /dev/mynull && echo wrote', (s) => {
+    s.linux!.devices = [{ type: 'c', path: '/dev/mynull', major: 1, minor: 3, fileMode: 0o622, uid: 1000, gid: 5 }];
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^crw--w--w-\s+1 1000\s+5\s+1,\s+3 .* \/dev\/mynull$/m);
+  assert.match(r.stdout, /\/dev\/ptmx -> pts\/ptmx/);
+  assert.match(r.stdout, /\/dev\/fd -> \/proc\/self\/fd/);
+  assert.match(r.stdout, /\/dev\/stdin -> \/proc\/self\/fd\/0/);
+  assert.match(r.stdout, /wrote/);
+});
+
+test('--no-pivot moves the rootfs to / and chroots; rootfsPropagation and mount propagation apply', () => {
+  const b = w.bundle(['cat', '/proc/self/mountinfo'], (s) => {
+    s.linux!.rootfsPropagation = 'rprivate';
+    s.mounts!.push({ destination: '/scratch', type: 'tmpfs', source: 'tmpfs', options: ['rshared'] });
+  });
+  const r = w.tsrunc(['run', '--no-pivot', '--bundle', b, 'nopivot']);
+  assert.equal(r.code, 0, r.stderr);
+  const at = (mp: string) => r.stdout.split('\n').find((l) => l.split(' ')[4] === mp) ?? '';
+  assert.ok(at('/'), r.stdout);
+  assert.doesNotMatch(at('/').split(' - ')[0], /shared:|master:/, 'rprivate root has no peers');
+  assert.match(at('/scratch'), /shared:\d+/);
+});

@@ -83,7 +83,7 @@ test('the default spec: clone flags, fifo, rootfs, hostname', () => {
   assert.deepEqual(only(plan, 'CLONE')[0].fields, [CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS, 0]);
   assert.deepEqual(only(plan, 'OPEN_FIFO')[0].fields, ['/run/x/exec.fifo']);
   assert.deepEqual(only(plan, 'HOSTNAME')[0].fields, ['tsrunc']);
-  assert.deepEqual(only(plan, 'ROOTFS')[0].fields, [rootfs, MS.SLAVE]);
+  assert.deepEqual(only(plan, 'ROOTFS')[0].fields, [rootfs, MS.SLAVE | MS.REC]);
   assert.deepEqual(only(plan, 'PIVOT')[0].fields, [0]);
   assert.deepEqual(only(plan, 'CLOEXEC_FROM')[0].fields, [3]);
   assert.deepEqual(only(plan, 'RLIMIT')[0].fields, [RLIMITS.RLIMIT_NOFILE, 1024, 1024]);
@@ -251,11 +251,17 @@ test('a bind mount of a missing source is a SpecError naming mounts[N].source', 
   });
 });
 
-test('rootfsPropagation private makes ROOTFS private and adds ROOT_PROPAGATION after PIVOT', () => {
+test('rootfsPropagation rprivate is applied to the whole tree before the mounts, and not again', () => {
   const plan = compileInitPlan(spec((s) => { s.linux!.rootfsPropagation = 'rprivate'; }), ctx());
-  assert.deepEqual(only(plan, 'ROOTFS')[0].fields, [rootfs, MS.PRIVATE]);
+  assert.deepEqual(only(plan, 'ROOTFS')[0].fields, [rootfs, MS.PRIVATE | MS.REC]);
+  assert.equal(only(plan, 'ROOT_PROPAGATION').length, 0);
+});
+
+test('a shared rootfsPropagation starts as rslave (pivot_root needs it) and is applied after PIVOT', () => {
+  const plan = compileInitPlan(spec((s) => { s.linux!.rootfsPropagation = 'rshared'; }), ctx());
+  assert.deepEqual(only(plan, 'ROOTFS')[0].fields, [rootfs, MS.SLAVE | MS.REC]);
   assert.equal(after1(plan, 'PIVOT'), 'ROOT_PROPAGATION');
-  assert.deepEqual(only(plan, 'ROOT_PROPAGATION')[0].fields, [MS.PRIVATE | MS.REC]);
+  assert.deepEqual(only(plan, 'ROOT_PROPAGATION')[0].fields, [MS.SHARED | MS.REC]);
 });
 
 test('a user namespace: BECOME_ROOT right after CLONE, BIND_DEV instead of MKNOD', () => {
