@@ -4,6 +4,8 @@ import { writeFile } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { TsruncError } from '../errors.js';
 import type { CgroupMountSource } from '../init/compile.js';
+import { resourceWrites, type Resources, type CgroupWrite } from './resources.js';
+import { readStats, type CgroupStats } from './stats.js';
 
 export type CgroupMode = 'v1' | 'v2' | 'hybrid';
 
@@ -30,6 +32,14 @@ export interface CgroupManager {
   /** Removes every directory of the container; retries while the kernel still counts dying tasks. */
   destroy(): Promise<void>;
   mountSources(): CgroupMountSource[];
+  /** Writes the resources into the container's cgroup; returns warnings for what this host cannot do. */
+  set(r: Resources): string[];
+  freeze(): Promise<void>;
+  thaw(): Promise<void>;
+  frozen(): boolean;
+  stats(): CgroupStats;
+  /** How many times the kernel's OOM killer acted in this cgroup. */
+  oomKills(): number;
 }
 
 let hierarchiesCache: Hierarchy[] | undefined;
@@ -97,6 +107,7 @@ class FsCgroupManager implements CgroupManager {
       const dir = this.paths[h.name];
       if (h.controllers.includes('cpuset')) this.mkdirCpuset(h.mountpoint, dir);
       else mkdirSync(dir, { recursive: true });
+      if (this.mode === 'v2' && h.fstype === 'cgroup2') enableControllers(h.mountpoint, dir);
     }
   }
 
@@ -142,6 +153,107 @@ class FsCgroupManager implements CgroupManager {
     if (left.length > 0) throw new TsruncError(`cannot remove cgroup ${left[0]}: it still has processes`);
   }
 
+  /** The directory of the hierarchy that has `controller` ('' = the v2 hierarchy). */
+  dirOf(controller: string): string | undefined {
+    if (this.mode === 'v2') return this.paths[''];
+    const h = this.hier.find((x) => x.fstype === 'cgroup' && x.controllers.includes(controller));
+    return h ? this.paths[h.name] : undefined;
+  }
+
+  set(r: Resources): string[] {
+    const warnings: string[] = [];
+    const mode: 'v1' | 'v2' = this.mode === 'v2' ? 'v2' : 'v1';
+    const blkio = this.dirOf('blkio');
+    const weightFile = blkio && !existsSync(posix.join(blkio, 'blkio.weight')) && existsSync(posix.join(blkio, 'blkio.bfq.weight'))
+      ? 'blkio.bfq.weight' : 'blkio.weight';
+    let rr = r;
+    if (mode === 'v2' && r.devices?.length) {
+      warnings.push('linux.resources.devices: device rules are not enforced on cgroup v2 hosts yet');
+      rr = { ...r, devices: undefined };
+    }
+    const writes = resourceWrites(mode, rr, { blkioWeightFile: weightFile });
+    for (let i = 0; i < writes.length; i++) {
+      const w = writes[i];
+      const next = writes[i + 1];
+      try {
+        this.write(w);
+      } catch (e) {
+        // raising memory above the current memory+swap limit needs the memsw limit raised first
+        if (next && w.file === 'memory.limit_in_bytes' && next.file === 'memory.memsw.limit_in_bytes') {
+          this.write(next);
+          this.write(w);
+          i++;
+          continue;
+        }
+        throw e;
+      }
+    }
+    return warnings;
+  }
+
+  private write(w: CgroupWrite): void {
+    const dir = w.controller === '' ? this.paths[''] : this.dirOf(w.controller);
+    const what = `${w.file} = ${JSON.stringify(w.value)}`;
+    if (!dir) throw new TsruncError(`cannot set ${what}: the ${w.controller} cgroup controller is not mounted on this host`);
+    try {
+      writeFileSync(posix.join(dir, w.file), w.value);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err.code === 'ENOENT') throw new TsruncError(`cannot set ${what}: this kernel has no ${w.file}`);
+      throw new TsruncError(`cannot set ${what} in ${dir}: ${err.message.replace(/^[A-Z]+: /, '').replace(/, (open|write).*$/, '')}`);
+    }
+  }
+
+  private freezerFile(): [string, string, string] {
+    if (this.mode === 'v2') return [posix.join(this.paths[''], 'cgroup.freeze'), '1', '0'];
+    const dir = this.dirOf('freezer');
+    if (!dir) throw new TsruncError('pause needs the freezer cgroup controller, which is not mounted on this host');
+    return [posix.join(dir, 'freezer.state'), 'FROZEN', 'THAWED'];
+  }
+
+  frozen(): boolean {
+    try {
+      if (this.mode === 'v2') return /^frozen 1$/m.test(readFileSync(posix.join(this.paths[''], 'cgroup.events'), 'utf8'));
+      return readFileSync(posix.join(this.dirOf('freezer')!, 'freezer.state'), 'utf8').trim() === 'FROZEN';
+    } catch {
+      return false;
+    }
+  }
+
+  async freeze(): Promise<void> {
+    const [file, on] = this.freezerFile();
+    for (let i = 0; i < 1000; i++) {
+      // a task that forks while freezing can leave the group FREEZING: ask again until FROZEN
+      if (i % 10 === 0) writeFileSync(file, on);
+      if (this.frozen()) return;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    writeFileSync(file, this.freezerFile()[2]);
+    throw new TsruncError('the container did not freeze within 10 s; it was thawed again');
+  }
+
+  async thaw(): Promise<void> {
+    const [file, , off] = this.freezerFile();
+    writeFileSync(file, off);
+    for (let i = 0; i < 500 && this.frozen(); i++) await new Promise((r) => setTimeout(r, 2));
+  }
+
+  stats(): CgroupStats {
+    return readStats(this.mode === 'v2' ? 'v2' : 'v1', (c) => this.dirOf(c));
+  }
+
+  oomKills(): number {
+    const dir = this.dirOf('memory');
+    if (!dir) return 0;
+    try {
+      const f = this.mode === 'v2' ? 'memory.events' : 'memory.oom_control';
+      const m = /^oom_kill (\d+)$/m.exec(readFileSync(posix.join(dir, f), 'utf8'));
+      return m ? Number(m[1]) : 0;
+    } catch {
+      return 0;
+    }
+  }
+
   mountSources(): CgroupMountSource[] {
     return this.hier.map((h) => ({
       name: h.name,
@@ -149,6 +261,21 @@ class FsCgroupManager implements CgroupManager {
       data: h.controllers.map((c) => (c.startsWith('name=') ? `none,${c}` : c)).join(','),
       hostDir: this.paths[h.name],
     }));
+  }
+}
+
+/** On v2 a cgroup gets a controller only if every ancestor enables it for its children. */
+function enableControllers(mountpoint: string, dir: string): void {
+  const rel = posix.relative(mountpoint, dir).split('/').filter(Boolean);
+  let cur = mountpoint;
+  for (const part of rel.slice(0, -1).concat([''])) {
+    try {
+      const avail = readFileSync(posix.join(cur, 'cgroup.controllers'), 'utf8').trim().split(/\s+/).filter(Boolean);
+      if (avail.length) writeFileSync(posix.join(cur, 'cgroup.subtree_control'), avail.map((c) => `+${c}`).join(' '));
+    } catch {
+      /* a controller in use by processes of this cgroup cannot be delegated: leave it */
+    }
+    if (part) cur = posix.join(cur, part);
   }
 }
 

@@ -47,7 +47,8 @@ export function registerLifecycle(program: Command): void {
   createFlags(program.command('create <container-id>').description('create a container; its process waits for "start"'))
     .action(action(async (id: string, o: CreateCliOpts, cmd: Command) => {
       const { createContainer } = await import('../container/create.js');
-      const { executor } = await createContainer(storeOf(cmd), createOptions(id, o, cmd));
+      const { executor, warnings } = await createContainer(storeOf(cmd), createOptions(id, o, cmd));
+      warn(warnings);
       executor.unref();
     }));
 

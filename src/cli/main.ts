@@ -5,6 +5,7 @@ import { StateStore } from '../state/store.js';
 import { log, setLogConfig } from './log.js';
 import { registerLifecycle } from './lifecycle.js';
 import { registerInfo } from './info.js';
+import { registerCgroups } from './cgroups.js';
 
 export const VERSION = '0.1.0';
 export const SPEC_VERSION = '1.2.0';
@@ -83,6 +84,7 @@ export function buildProgram(): Command {
       }
     });
   registerLifecycle(program);
+  registerCgroups(program);
   registerInfo(program);
   return program;
 }

@@ -11,6 +11,7 @@ import { compileInitPlan, newNamespaces } from '../init/compile.js';
 import { encodePlan, type InitPlan } from '../init/plan.js';
 import { SyncChannel, parseError, MSG } from '../init/handshake.js';
 import { cgroupManager, defaultCgroupsPath, type CgroupManager } from '../cgroups/manager.js';
+import { DEFAULT_DEVICE_RULES, type Resources } from '../cgroups/resources.js';
 import { StateStore, ociState, validateId, writeFileAtomic, type ContainerRecord } from '../state/store.js';
 import { hasCapability, nofileHardLimit, procStat, waitGone } from '../linux/proc.js';
 import { lastCap } from '../linux/tables.js';
@@ -34,6 +35,17 @@ export interface Created {
   record: ContainerRecord;
   /** the executor process; in the foreground its exit status is the container's */
   executor: ChildProcess;
+  warnings: string[];
+}
+
+/** The spec's resources with the devices every container gets (runc's list) and its own device nodes. */
+export function containerResources(spec: Spec): Resources {
+  const r = (spec.linux?.resources ?? {}) as Resources;
+  if (!r.devices) return r;
+  const own = (spec.linux?.devices ?? []).filter((d) => d.type !== 'p').map((d) => ({
+    allow: true, type: (d.type === 'b' ? 'b' : 'c') as 'b' | 'c', major: d.major, minor: d.minor, access: 'rwm',
+  }));
+  return { ...r, devices: [...r.devices, ...DEFAULT_DEVICE_RULES, ...own] };
 }
 
 const CAP_SYS_RESOURCE = 24;
@@ -147,8 +159,10 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
     id: opts.id, pid: 0, startTime: 0, bundle, rootfs, created: new Date().toISOString(), owner: '',
     annotations: spec.annotations ?? {}, cgroupMode: cgroups.mode, cgroupPaths: cgroups.paths, config: spec, ready: false,
   };
+  const warnings: string[] = [];
   try {
     cgroups.create();
+    warnings.push(...cgroups.set(containerResources(spec)));
     channel.send(MSG.PLAN, encodePlan(plan));
     const next = () => Promise.race([channel.next(), spawnError]);
 
@@ -194,7 +208,7 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
       }
     }
     unlock();
-    return { record, executor };
+    return { record, executor, warnings };
   } catch (e) {
     channel.close();
     executor.kill('SIGKILL');

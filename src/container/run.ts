@@ -15,7 +15,7 @@ export interface RunResult {
 
 export async function runContainer(store: StateStore, opts: CreateOptions & { detach: boolean }): Promise<RunResult> {
   const foreground = !opts.detach;
-  const { record, executor } = await createContainer(store, { ...opts, foreground });
+  const { record, executor, warnings: createWarnings } = await createContainer(store, { ...opts, foreground });
   const exited = foreground
     ? new Promise<number>((resolve) => executor.once('exit', (code, sig) => resolve(code ?? 128 + (sig ? constants.signals[sig] : 0))))
     : Promise.resolve(0);
@@ -35,7 +35,7 @@ export async function runContainer(store: StateStore, opts: CreateOptions & { de
   }
   let warnings: string[];
   try {
-    warnings = (await startContainer(store, opts.id)).warnings;
+    warnings = [...createWarnings, ...(await startContainer(store, opts.id)).warnings];
   } catch (e) {
     const rec = store.load(opts.id);
     await destroyContainer(store, rec).catch(() => {});

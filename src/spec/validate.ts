@@ -2,6 +2,7 @@
 import { SpecError } from '../errors.js';
 import { CAPABILITIES, NAMESPACES, RLIMITS, PROPAGATION_OPTIONS } from '../linux/tables.js';
 import type { Spec } from './types.js';
+import { validateResources } from '../cgroups/resources.js';
 
 type Json = unknown;
 
@@ -212,7 +213,7 @@ function linux(v: Json): void {
     }
   strArr(l.maskedPaths, 'linux.maskedPaths')?.forEach((m, i) => absPath(m, `linux.maskedPaths[${i}]`));
   strArr(l.readonlyPaths, 'linux.readonlyPaths')?.forEach((m, i) => absPath(m, `linux.readonlyPaths[${i}]`));
-  obj(l.resources, 'linux.resources', false);
+  validateResources(l.resources);
 }
 
 /** Checks a parsed config.json; returns it typed or throws SpecError naming the field. */
