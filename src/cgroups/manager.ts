@@ -6,6 +6,8 @@ import { TsruncError } from '../errors.js';
 import type { CgroupMountSource } from '../init/compile.js';
 import { resourceWrites, type Resources, type CgroupWrite } from './resources.js';
 import { readStats, type CgroupStats } from './stats.js';
+import { deviceProgram, DEVICE_PROGRAM_LICENSE } from './devices-bpf.js';
+import { attachDeviceProgram } from '../linux/bpf.js';
 
 export type CgroupMode = 'v1' | 'v2' | 'hybrid';
 
@@ -166,12 +168,9 @@ class FsCgroupManager implements CgroupManager {
     const blkio = this.dirOf('blkio');
     const weightFile = blkio && !existsSync(posix.join(blkio, 'blkio.weight')) && existsSync(posix.join(blkio, 'blkio.bfq.weight'))
       ? 'blkio.bfq.weight' : 'blkio.weight';
-    let rr = r;
-    if (mode === 'v2' && r.devices?.length) {
-      warnings.push('linux.resources.devices: device rules are not enforced on cgroup v2 hosts yet');
-      rr = { ...r, devices: undefined };
-    }
-    const writes = resourceWrites(mode, rr, { blkioWeightFile: weightFile });
+    // on v2 the device rules are a BPF program attached to the cgroup, not files
+    if (mode === 'v2' && r.devices?.length) attachDeviceProgram(this.paths[''], deviceProgram(r.devices), DEVICE_PROGRAM_LICENSE);
+    const writes = resourceWrites(mode, r, { blkioWeightFile: weightFile });
     for (let i = 0; i < writes.length; i++) {
       const w = writes[i];
       const next = writes[i + 1];

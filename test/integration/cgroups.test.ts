@@ -2,7 +2,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import type { Spec } from '../../src/spec/types.js';
 import { TSRUNC, World, cgroupDirs, isOneLineError, until } from './helpers.js';
@@ -146,4 +146,25 @@ test('device rules: the default devices work, a host device outside the rules is
   assert.match(r.stdout, /null-ok/);
   assert.match(r.stdout, /kmsg=1/);
   assert.match(r.stderr, /kmsg: Operation not permitted/);
+});
+
+test('the cgroup v2 device program, loaded with bpf(2) and attached, lets /dev/null through and refuses /dev/zero', async () => {
+  const { attachDeviceProgram } = await import('../../src/linux/bpf.js');
+  const { deviceProgram, DEVICE_PROGRAM_LICENSE } = await import('../../src/cgroups/devices-bpf.js');
+  const { mkdirSync, rmdirSync } = await import('node:fs');
+  const { spawnSync } = await import('node:child_process');
+  // the hybrid layout's cgroup2 mount has no controllers, but device programs attach to any cgroup2 directory
+  const v2 = existsSync('/sys/fs/cgroup/unified/cgroup.procs') ? '/sys/fs/cgroup/unified' : '/sys/fs/cgroup';
+  const dir = posix.join(v2, `tsrunc-bpf-${process.pid}`);
+  mkdirSync(dir);
+  try {
+    attachDeviceProgram(dir, deviceProgram([{ allow: false, access: 'rwm' }, { allow: true, type: 'c', major: 1, minor: 3, access: 'rwm' }]), DEVICE_PROGRAM_LICENSE);
+    const r = spawnSync('sh', ['-c', `echo $$ > ${dir}/cgroup.procs; head -c1 /dev/null && echo null-ok; head -c1 /dev/zero >/dev/null; echo zero=$?`], { encoding: 'utf8' });
+    assert.match(r.stdout, /null-ok/);
+    assert.match(r.stdout, /zero=1/);
+    assert.match(r.stderr, /\/dev\/zero.*Operation not permitted/);
+  } finally {
+    await until('empty', () => readFileSync(posix.join(dir, 'cgroup.procs'), 'utf8').trim() === '');
+    rmdirSync(dir);
+  }
 });
