@@ -92,7 +92,10 @@ export function validateResources(r: unknown, base = 'linux.resources'): Resourc
     cpuList(c.mems, `${base}.cpu.mems`);
   }
   const p = r.pids as Resources['pids'];
-  if (p) int(p.limit, `${base}.pids.limit`, -1);
+  if (p) {
+    if (p.limit === undefined) throw new SpecError(`${base}.pids.limit`, 'is required');
+    int(p.limit, `${base}.pids.limit`, -1);
+  }
   const b = r.blockIO as Resources['blockIO'];
   if (b) {
     int(b.weight, `${base}.blockIO.weight`, 10, 1000);
@@ -102,6 +105,8 @@ export function validateResources(r: unknown, base = 'linux.resources'): Resourc
       if (list === undefined) continue;
       if (!Array.isArray(list)) throw new SpecError(`${base}.blockIO.${k}`, 'must be an array');
       list.forEach((d, i) => {
+        if (!isObj(d)) throw new SpecError(`${base}.blockIO.${k}[${i}]`, 'must be an object');
+        if (k !== 'weightDevice' && d.rate === undefined) throw new SpecError(`${base}.blockIO.${k}[${i}].rate`, 'is required');
         int(d.major, `${base}.blockIO.${k}[${i}].major`, 0);
         int(d.minor, `${base}.blockIO.${k}[${i}].minor`, 0);
         if ('rate' in d) int(d.rate, `${base}.blockIO.${k}[${i}].rate`, 0);
@@ -113,6 +118,8 @@ export function validateResources(r: unknown, base = 'linux.resources'): Resourc
   if (h !== undefined) {
     if (!Array.isArray(h)) throw new SpecError(`${base}.hugepageLimits`, 'must be an array');
     h.forEach((x: { pageSize: unknown; limit: unknown }, i: number) => {
+      if (!isObj(x)) throw new SpecError(`${base}.hugepageLimits[${i}]`, 'must be an object');
+      if (x.limit === undefined) throw new SpecError(`${base}.hugepageLimits[${i}].limit`, 'is required');
       if (typeof x.pageSize !== 'string' || !/^\d+[KMG]B$/.test(x.pageSize)) throw new SpecError(`${base}.hugepageLimits[${i}].pageSize`, `must be like "2MB", got ${JSON.stringify(x.pageSize)}`);
       limit(x.limit, `${base}.hugepageLimits[${i}].limit`);
     });
@@ -121,12 +128,34 @@ export function validateResources(r: unknown, base = 'linux.resources'): Resourc
   if (d !== undefined) {
     if (!Array.isArray(d)) throw new SpecError(`${base}.devices`, 'must be an array');
     d.forEach((x: DeviceCgroupRule, i: number) => {
+      if (!isObj(x)) throw new SpecError(`${base}.devices[${i}]`, 'must be an object');
       if (typeof x.allow !== 'boolean') throw new SpecError(`${base}.devices[${i}].allow`, 'must be true or false');
       if (x.type !== undefined && !['a', 'c', 'b'].includes(x.type)) throw new SpecError(`${base}.devices[${i}].type`, `must be a, c or b, got ${JSON.stringify(x.type)}`);
       if (x.access !== undefined && !/^[rwm]*$/.test(x.access)) throw new SpecError(`${base}.devices[${i}].access`, `must be made of r, w and m, got ${JSON.stringify(x.access)}`);
       int(x.major, `${base}.devices[${i}].major`, -1);
       int(x.minor, `${base}.devices[${i}].minor`, -1);
     });
+  }
+  const net = r.network as Resources['network'];
+  if (net) {
+    int(net.classID, `${base}.network.classID`, 0, 2 ** 32 - 1);
+    if (net.priorities !== undefined) {
+      if (!Array.isArray(net.priorities)) throw new SpecError(`${base}.network.priorities`, 'must be an array');
+      net.priorities.forEach((x, i) => {
+        if (!isObj(x) || typeof x.name !== 'string' || !/^[\w.:-]+$/.test(x.name)) throw new SpecError(`${base}.network.priorities[${i}].name`, 'must be an interface name');
+        int(x.priority, `${base}.network.priorities[${i}].priority`, 0, 2 ** 32 - 1);
+      });
+    }
+  }
+  const rd = r.rdma;
+  if (rd !== undefined) {
+    if (!isObj(rd)) throw new SpecError(`${base}.rdma`, 'must be an object');
+    for (const [dev, l] of Object.entries(rd)) {
+      if (!/^[\w.:-]+$/.test(dev)) throw new SpecError(`${base}.rdma["${dev}"]`, 'is not a device name');
+      if (!isObj(l)) throw new SpecError(`${base}.rdma["${dev}"]`, 'must be an object');
+      int(l.hcaHandles, `${base}.rdma["${dev}"].hcaHandles`, 0, 2 ** 32 - 1);
+      int(l.hcaObjects, `${base}.rdma["${dev}"].hcaObjects`, 0, 2 ** 32 - 1);
+    }
   }
   const u = r.unified;
   if (u !== undefined) {
@@ -223,7 +252,9 @@ export function resourceWrites(mode: 'v1' | 'v2', r: Resources, opts: { blkioWei
   if (m) {
     if (m.limit !== undefined) add('', 'memory.max', maxOr(m.limit));
     // v2 swap is swap alone; the OCI value is memory+swap
-    if (m.swap !== undefined) add('', 'memory.swap.max', m.swap === -1 ? 'max' : m.limit !== undefined && m.limit !== -1 ? Math.max(0, m.swap - m.limit) : m.swap);
+    if (m.swap !== undefined && m.swap !== -1 && (m.limit === undefined || m.limit === -1))
+      throw new SpecError('linux.resources.memory.swap', 'a swap limit on cgroup v2 needs a memory limit too');
+    if (m.swap !== undefined) add('', 'memory.swap.max', m.swap === -1 ? 'max' : Math.max(0, m.swap - m.limit!));
     if (m.reservation !== undefined) add('', 'memory.low', maxOr(m.reservation));
     if (m.disableOOMKiller) throw new SpecError('linux.resources.memory.disableOOMKiller', 'is not supported on cgroup v2');
   }

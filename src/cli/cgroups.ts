@@ -9,7 +9,7 @@ import { log } from './log.js';
 /** Sizes as runc update takes them: 1024, 64k, 64m, 1g (binary units), -1 for unlimited. */
 export function parseBytes(flag: string, v: string): number {
   const m = /^(-1|\d+)([kmgt]?)b?$/i.exec(v.trim());
-  if (!m) throw new TsruncError(`${flag}: invalid size "${v}" (like 1048576, 512k, 64m, 2g, or -1)`);
+  if (!m || (m[1] === '-1' && v.trim() !== '-1')) throw new TsruncError(`${flag}: invalid size "${v}" (like 1048576, 512k, 64m, 2g, or -1)`);
   if (m[1] === '-1') return -1;
   const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
   return Number(m[1]) * mult;

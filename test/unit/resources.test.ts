@@ -511,3 +511,25 @@ test('resourcesFromFlags output validates and plans on v2', () => {
     ['', 'pids.max', '10'],
   ));
 });
+
+test('incomplete or malformed entries are refused instead of writing "undefined"', () => {
+  rejects({ pids: {} }, 'linux.resources.pids.limit: is required');
+  rejects({ blockIO: { throttleReadBpsDevice: [{ major: 8, minor: 0 }] } }, 'linux.resources.blockIO.throttleReadBpsDevice[0].rate: is required');
+  rejects({ hugepageLimits: [{ pageSize: '2MB' }] }, 'linux.resources.hugepageLimits[0].limit: is required');
+  rejects({ devices: [null] }, 'linux.resources.devices[0]: must be an object');
+  rejects({ hugepageLimits: [null] }, 'linux.resources.hugepageLimits[0]: must be an object');
+  rejects({ blockIO: { weightDevice: [5] } }, 'linux.resources.blockIO.weightDevice[0]: must be an object');
+  rejects({ network: { classID: 'x' } }, 'linux.resources.network.classID');
+  rejects({ network: { priorities: 5 } }, 'linux.resources.network.priorities: must be an array');
+  rejects({ rdma: { m: { hcaHandles: 'lots' } } }, 'linux.resources.rdma["m"].hcaHandles');
+});
+
+test('v2: a swap limit without a memory limit is refused, as runc does', () => {
+  specError(() => v2({ memory: { swap: 128 * Mi } }), 'linux.resources.memory.swap');
+  specError(() => v2({ memory: { limit: -1, swap: 128 * Mi } }), 'linux.resources.memory.swap');
+  assert.deepEqual(v2({ memory: { limit: -1, swap: -1 } }), W(['', 'memory.max', 'max'], ['', 'memory.swap.max', 'max']));
+});
+
+test('parseBytes refuses -1 with a unit', () => {
+  for (const v of ['-1k', '-1g', '-1mb']) assert.throws(() => parseBytes('--memory', v), TsruncError);
+});
