@@ -57,12 +57,15 @@ export function hostHierarchies(mountinfo = '/proc/self/mountinfo'): Hierarchy[]
     const fstype = right[0];
     if (fstype !== 'cgroup' && fstype !== 'cgroup2') continue;
     const mountpoint = left[4].replace(/\\040/g, ' ');
+    // only the host's hierarchies: CRIU mounts its own cgroup yard elsewhere while it restores
+    if (mountpoint !== '/sys/fs/cgroup' && !mountpoint.startsWith('/sys/fs/cgroup/')) continue;
     const opts = (right[2] ?? '').split(',');
     const controllers = fstype === 'cgroup'
       ? opts.filter((o) => !['rw', 'ro', 'relatime', 'nosuid', 'nodev', 'noexec', 'xattr', 'noprefix', 'clone_children'].includes(o) && !o.startsWith('release_agent='))
       : [];
-    if (out.some((h) => h.mountpoint === mountpoint)) continue;
-    out.push({ name: mountpoint === '/sys/fs/cgroup' ? '' : posix.basename(mountpoint), mountpoint, fstype, controllers, root: left[3] });
+    const name = mountpoint === '/sys/fs/cgroup' ? '' : posix.basename(mountpoint);
+    if (out.some((h) => h.mountpoint === mountpoint || h.name === name)) continue;
+    out.push({ name, mountpoint, fstype, controllers, root: left[3] });
   }
   if (mountinfo === '/proc/self/mountinfo') hierarchiesCache = out;
   return out;

@@ -6,6 +6,7 @@ import { log, setLogConfig } from './log.js';
 import { registerLifecycle } from './lifecycle.js';
 import { registerInfo } from './info.js';
 import { registerCgroups } from './cgroups.js';
+import { registerCheckpoint } from './checkpoint.js';
 
 export const VERSION = '0.1.0';
 export const SPEC_VERSION = '1.2.0';
@@ -85,6 +86,7 @@ export function buildProgram(): Command {
     });
   registerLifecycle(program);
   registerCgroups(program);
+  registerCheckpoint(program);
   registerInfo(program);
   return program;
 }

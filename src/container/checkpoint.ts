@@ -1,0 +1,183 @@
+/** checkpoint: CRIU dumps the container's process tree into an image directory, as runc does. */
+import { mkdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { posix, resolve } from 'node:path';
+import { TsruncError } from '../errors.js';
+import { checkDestinationInRoot, newNamespaces, parseMountOptions } from '../init/compile.js';
+import { StateStore, writeFileAtomic, type ContainerRecord } from '../state/store.js';
+import { openCriu } from './criu.js';
+import { destroyContainer } from './delete.js';
+import { CriuError, type CriuCommon } from '../../criu/driver.js';
+
+export interface CheckpointOptions {
+  imagePath?: string;
+  workPath?: string;
+  parentPath?: string;
+  leaveRunning?: boolean;
+  tcpEstablished?: boolean;
+  tcpSkipInFlight?: boolean;
+  linkRemap?: boolean;
+  extUnixSk?: boolean;
+  shellJob?: boolean;
+  fileLocks?: boolean;
+  lazyPages?: boolean;
+  pageServer?: string;
+  preDump?: boolean;
+  manageCgroupsMode?: 'soft' | 'full' | 'strict' | 'ignore';
+  emptyNs?: string[];
+  autoDedup?: boolean;
+  criu?: string;
+}
+
+/** How init's stdin/stdout/stderr were wired, so restore can hand it the same kind of thing. */
+export interface StdioRecord {
+  fd: number;
+  /** what /proc/PID/fd/N said: "pipe:[123]", "/dev/null", "socket:[9]" */
+  target: string;
+  /** the CRIU key to inherit it by on restore (pipes by inode, files as externals) */
+  key?: string;
+  /** st_mode of a file: CRIU accepts only the same kind and mode in its place */
+  mode?: number;
+}
+
+/** A mount CRIU must leave alone: how restore finds its source again. */
+export interface ExternalMount {
+  key: string;
+  kind: 'bind' | 'cgroup' | 'mask';
+  /** for bind: the mount's destination in the spec; for cgroup: the hierarchy name */
+  ref: string;
+}
+
+/** Written next to CRIU's files: what tsrunc needs to bring the container back. */
+export interface CheckpointMeta {
+  format: 1;
+  id: string;
+  pid: number;
+  created: string;
+  checkpointed: string;
+  bundle: string;
+  config: ContainerRecord['config'];
+  cgroupMode: ContainerRecord['cgroupMode'];
+  stdio: StdioRecord[];
+  externalMounts: ExternalMount[];
+  newPidNs: boolean;
+}
+
+export const META_FILE = 'tsrunc-checkpoint.json';
+const NS_NET = 0x40000000;
+
+function stdioOf(pid: number): StdioRecord[] {
+  const out: StdioRecord[] = [];
+  for (const fd of [0, 1, 2]) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue; // closed
+    }
+    let key: string | undefined;
+    if (target.startsWith('pipe:')) key = target;
+    else if (target.startsWith('/')) {
+      // a file of the caller's, outside the container: CRIU dumps it as external and restore hands a new one in
+      const mnt = /mnt_id:\s*(\d+)/.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+      const st = statSync(`/proc/${pid}/fd/${fd}`);
+      if (mnt) key = `file[${Number(mnt[1]).toString(16)}:${st.ino.toString(16)}]`;
+      out.push({ fd, target, key, mode: st.mode });
+      continue;
+    }
+    out.push({ fd, target, key });
+  }
+  return out;
+}
+
+/** Bind mounts from the host, the host's cgroup directories, and masked files (binds of /dev/null). */
+export function externalMounts(rec: ContainerRecord, pid: number): ExternalMount[] {
+  const spec = rec.config;
+  const out: ExternalMount[] = [];
+  const cgroupNs = newNamespaces(spec).has('cgroup');
+  for (const m of spec.mounts ?? []) {
+    const dest = checkDestinationInRoot(rec.rootfs, posix.normalize(m.destination), 'mounts');
+    if (m.type === 'cgroup') {
+      if (cgroupNs) continue;
+      for (const name of Object.keys(rec.cgroupPaths)) out.push({ key: name ? posix.join(dest, name) : dest, kind: 'cgroup', ref: name });
+    } else if (m.type === 'bind' || parseMountOptions(m.options).bind) {
+      out.push({ key: dest, kind: 'bind', ref: m.destination });
+    }
+  }
+  for (const p of spec.linux?.maskedPaths ?? []) {
+    try {
+      if (!statSync(`/proc/${pid}/root${p}`).isDirectory()) out.push({ key: posix.normalize(p), kind: 'mask', ref: p });
+    } catch {
+      /* not there: nothing was masked */
+    }
+  }
+  return out;
+}
+
+export function criuCommonOptions(o: CheckpointOptions, imagesDir: string, workDir: string, logFile: string): CriuCommon {
+  let emptyNs = 0;
+  for (const ns of o.emptyNs ?? []) {
+    if (ns !== 'network') throw new TsruncError(`--empty-ns ${ns}: only "network" is supported`);
+    emptyNs |= NS_NET;
+  }
+  return {
+    imagesDir, workDir, logFile, tcpEstablished: o.tcpEstablished, extUnixSk: o.extUnixSk, shellJob: o.shellJob,
+    fileLocks: o.fileLocks, manageCgroupsMode: o.manageCgroupsMode, autoDedup: o.autoDedup, lazyPages: o.lazyPages, emptyNs,
+  };
+}
+
+export async function checkpointContainer(store: StateStore, id: string, o: CheckpointOptions): Promise<void> {
+  const unlock = await store.lock(id);
+  try {
+    const rec = store.load(id);
+    const status = store.status(rec);
+    if (status !== 'running' && status !== 'paused')
+      throw new TsruncError(`cannot checkpoint container "${id}": it is ${status}, not running`);
+    const criu = openCriu(o.criu);
+    if (o.preDump && !criu.features().memTrack)
+      throw new TsruncError('--pre-dump needs soft-dirty memory tracking, which this kernel lacks (see "tsrunc check")');
+    if (o.lazyPages) throw new TsruncError('--lazy-pages is not supported yet (post-copy migration comes with "tsrunc migrate")');
+    const imagesDir = resolve(o.imagePath ?? 'checkpoint');
+    const workDir = resolve(o.workPath ?? imagesDir);
+    mkdirSync(imagesDir, { recursive: true });
+    mkdirSync(workDir, { recursive: true });
+    const stdio = stdioOf(rec.pid);
+    const ext = externalMounts(rec, rec.pid);
+    const freezer = rec.cgroupMode === 'v2' ? rec.cgroupPaths[''] : rec.cgroupPaths['freezer'];
+    let pageServer: { address: string; port: number } | undefined;
+    if (o.pageServer) {
+      const m = /^(.*):(\d+)$/.exec(o.pageServer);
+      if (!m) throw new TsruncError(`--page-server ${o.pageServer}: must be ADDRESS:PORT`);
+      pageServer = { address: m[1], port: Number(m[2]) };
+    }
+    // runc-compatible: what init's fds 0-2 were
+    writeFileAtomic(posix.join(imagesDir, 'descriptors.json'), JSON.stringify(stdio.map((s) => s.target)), 0o644);
+    try {
+      criu.dump({
+        ...criuCommonOptions(o, imagesDir, workDir, o.preDump ? 'pre-dump.log' : 'dump.log'),
+        pid: rec.pid,
+        leaveRunning: o.leaveRunning || o.preDump,
+        tcpSkipInFlight: o.tcpSkipInFlight,
+        linkRemap: o.linkRemap,
+        freezeCgroup: freezer,
+        parentImages: o.parentPath,
+        trackMem: o.preDump,
+        pageServer,
+        preDump: o.preDump,
+        extMounts: ext.map((e) => [e.key, e.key]),
+        externals: stdio.filter((s) => s.key?.startsWith('file[')).map((s) => s.key!),
+      });
+    } catch (e) {
+      if (e instanceof CriuError) throw new TsruncError(`checkpoint of "${id}": ${e.message}`);
+      throw e;
+    }
+    const meta: CheckpointMeta = {
+      format: 1, id, pid: rec.pid, created: rec.created, checkpointed: new Date().toISOString(), bundle: rec.bundle,
+      config: rec.config, cgroupMode: rec.cgroupMode, stdio, externalMounts: ext, newPidNs: newNamespaces(rec.config).has('pid'),
+    };
+    writeFileAtomic(posix.join(imagesDir, META_FILE), JSON.stringify(meta, null, 1), 0o644);
+    // without --leave-running the container is gone afterwards, as with runc
+    if (!o.leaveRunning && !o.preDump) await destroyContainer(store, rec);
+  } finally {
+    unlock();
+  }
+}

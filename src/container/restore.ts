@@ -1,0 +1,134 @@
+/** restore: a new container from a checkpoint image directory, with CRIU, as runc does (no create first). */
+import { existsSync, fstatSync, mkdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { posix, resolve } from 'node:path';
+import { TsruncError } from '../errors.js';
+import { cgroupManager, defaultCgroupsPath, hostHierarchies } from '../cgroups/manager.js';
+import type { Resources } from '../cgroups/resources.js';
+import { parseMountOptions } from '../init/compile.js';
+import { procStat, waitGone } from '../linux/proc.js';
+import { bindMount, detach } from '../linux/mount.js';
+import { StateStore, validateId, writeFileAtomic, type ContainerRecord } from '../state/store.js';
+import { CriuError } from '../../criu/driver.js';
+import { openCriu } from './criu.js';
+import { containerResources, loadBundle } from './create.js';
+import { criuCommonOptions, META_FILE, type CheckpointMeta, type CheckpointOptions } from './checkpoint.js';
+
+export interface RestoreOptions extends CheckpointOptions {
+  bundle: string;
+  detach?: boolean;
+  pidFile?: string;
+  consoleSocket?: string;
+  noSubreaper?: boolean;
+  noPivot?: boolean;
+  lsmProfile?: string;
+  lsmMountContext?: string;
+  systemdCgroup?: boolean;
+}
+
+export function readCheckpointMeta(imagesDir: string): CheckpointMeta {
+  if (!existsSync(imagesDir)) throw new TsruncError(`image path ${imagesDir}: no such directory`);
+  const metaPath = posix.join(imagesDir, META_FILE);
+  if (!existsSync(posix.join(imagesDir, 'inventory.img')))
+    throw new TsruncError(`image path ${imagesDir}: not a checkpoint (no CRIU inventory.img)`);
+  let meta: CheckpointMeta;
+  try {
+    meta = JSON.parse(readFileSync(metaPath, 'utf8')) as CheckpointMeta;
+  } catch (e) {
+    throw new TsruncError(`image path ${imagesDir}: ${META_FILE} is ${existsSync(metaPath) ? 'damaged' : 'missing'}`);
+  }
+  if (meta.format !== 1 || !Array.isArray(meta.stdio) || !Array.isArray(meta.externalMounts))
+    throw new TsruncError(`image path ${imagesDir}: ${META_FILE} has an unknown format`);
+  return meta;
+}
+
+export async function restoreContainer(store: StateStore, id: string, o: RestoreOptions): Promise<{ record: ContainerRecord; warnings: string[] }> {
+  validateId(id);
+  const imagesDir = resolve(o.imagePath ?? 'checkpoint');
+  const workDir = resolve(o.workPath ?? imagesDir);
+  const meta = readCheckpointMeta(imagesDir);
+  const { bundle, spec } = loadBundle(o.bundle);
+  if (spec.process?.terminal && !o.consoleSocket) throw new TsruncError('process.terminal: restoring a terminal container needs --console-socket');
+  if (o.consoleSocket) throw new TsruncError('--console-socket: terminals are not supported yet');
+  // the resources the source had at checkpoint time, updates included
+  const resources = { ...((meta.config.linux?.resources ?? spec.linux?.resources ?? {}) as Resources) };
+  spec.linux = { ...(spec.linux ?? {}), resources: resources as Record<string, unknown> };
+  const rootfs = spec.root!.path.startsWith('/') ? spec.root!.path : posix.join(bundle, spec.root!.path);
+  const criu = openCriu(o.criu);
+  mkdirSync(workDir, { recursive: true });
+
+  const cgroups = cgroupManager(spec.linux.cgroupsPath || defaultCgroupsPath(id), o.systemdCgroup);
+  store.claim(id);
+  const unlock = await store.lock(id);
+  const criuRoot = posix.join(store.dir(id), 'criu-root');
+  let mounted = false;
+  const warnings: string[] = [];
+  try {
+    cgroups.create();
+    warnings.push(...cgroups.set(containerResources(spec)));
+    // a tree restored into the host's pid namespace needs its old pids free again
+    if (!meta.newPidNs && !(await waitGone(meta.pid, undefined, 10000)))
+      throw new TsruncError(`pid ${meta.pid} of the checkpointed init is still in use`);
+    mkdirSync(criuRoot);
+    bindMount(rootfs, criuRoot); // CRIU wants the root to be a mount point
+    mounted = true;
+
+    const extMounts: [string, string][] = meta.externalMounts.map((e) => {
+      if (e.kind === 'mask') return [e.key, '/dev/null'];
+      if (e.kind === 'cgroup') {
+        const dir = cgroups.paths[e.ref];
+        if (!dir) throw new TsruncError(`the checkpoint has cgroup hierarchy "${e.ref}", which this host does not have`);
+        return [e.key, dir];
+      }
+      const m = (spec.mounts ?? []).find((x) => x.destination === e.ref && (x.type === 'bind' || parseMountOptions(x.options).bind));
+      if (!m?.source) throw new TsruncError(`mounts: the checkpoint has a bind mount on ${e.ref}, which ${bundle}/config.json does not`);
+      return [e.key, m.source.startsWith('/') ? m.source : posix.join(bundle, m.source)];
+    });
+    // the new container's cgroups, as paths below each hierarchy's root
+    const rel = (name: string, mountpoint: string) => '/' + posix.relative(mountpoint, cgroups.paths[name]);
+    const hier = hostHierarchies().filter((h) => h.name in cgroups.paths);
+    const cgRoots: [string, string][] = [['', rel(hier[0].name, hier[0].mountpoint)],
+      ...hier.filter((h) => h.controllers.length).map((h): [string, string] => [h.controllers.join(','), rel(h.name, h.mountpoint)])];
+    const inheritFds: [number, string][] = meta.stdio.filter((s) => s.key).map((s) => {
+      if (s.mode !== undefined) {
+        const mine = fstatSync(s.fd).mode;
+        if (mine !== s.mode)
+          throw new TsruncError(`fd ${s.fd} of the checkpointed init was ${s.target} (mode ${s.mode.toString(8)}); restore's fd ${s.fd} must be the same kind of file (it is mode ${mine.toString(8)})`);
+      }
+      return [s.fd, s.key!];
+    });
+
+    let pid: number;
+    try {
+      pid = criu.restore({
+        // one log per restore: the same image may be restored several times at once
+        ...criuCommonOptions(o, imagesDir, workDir, `restore-${id}.log`),
+        root: criuRoot, extMounts, cgRoots, inheritFds, lsmProfile: o.lsmProfile, lsmMountContext: o.lsmMountContext,
+      });
+    } catch (e) {
+      if (e instanceof CriuError) throw new TsruncError(`restore of "${id}": ${e.message}`);
+      throw e;
+    }
+    const record: ContainerRecord = {
+      id, pid, startTime: procStat(pid)?.startTime ?? 0, bundle, rootfs, created: new Date().toISOString(), owner: '',
+      annotations: spec.annotations ?? {}, cgroupMode: cgroups.mode, cgroupPaths: cgroups.paths, config: spec, ready: true,
+    };
+    store.save(record);
+    if (o.pidFile) writeFileAtomic(resolve(o.pidFile), String(pid), 0o644);
+    return { record, warnings };
+  } catch (e) {
+    await cgroups.destroy().catch(() => {});
+    if (mounted) detach(criuRoot);
+    store.remove(id);
+    throw e;
+  } finally {
+    if (mounted && existsSync(criuRoot)) {
+      detach(criuRoot);
+      try {
+        rmdirSync(criuRoot);
+      } catch {
+        /* removed with the state */
+      }
+    }
+    unlock();
+  }
+}
