@@ -1,28 +1,19 @@
 /** pause / resume: the cgroup freezer (v1 freezer.state, v2 cgroup.freeze). */
 import { TsruncError } from '../errors.js';
-import { cgroupManagerFromPaths } from '../cgroups/manager.js';
-import { StateStore } from '../state/store.js';
+import { cgroupManagerFromPaths, type CgroupManager } from '../cgroups/manager.js';
+import { StateStore, type Status } from '../state/store.js';
 
-export async function pauseContainer(store: StateStore, id: string): Promise<void> {
+async function freezerOp(store: StateStore, id: string, verb: string, from: Status, op: (cg: CgroupManager) => Promise<void>): Promise<void> {
   const unlock = await store.lock(id);
   try {
     const rec = store.load(id);
     const status = store.status(rec);
-    if (status !== 'running') throw new TsruncError(`cannot pause container "${id}": it is ${status}, not running`);
-    await cgroupManagerFromPaths(rec.cgroupMode, rec.cgroupPaths).freeze();
+    if (status !== from) throw new TsruncError(`cannot ${verb} container "${id}": it is ${status}, not ${from}`);
+    await op(cgroupManagerFromPaths(rec.cgroupMode, rec.cgroupPaths));
   } finally {
     unlock();
   }
 }
 
-export async function resumeContainer(store: StateStore, id: string): Promise<void> {
-  const unlock = await store.lock(id);
-  try {
-    const rec = store.load(id);
-    const status = store.status(rec);
-    if (status !== 'paused') throw new TsruncError(`cannot resume container "${id}": it is ${status}, not paused`);
-    await cgroupManagerFromPaths(rec.cgroupMode, rec.cgroupPaths).thaw();
-  } finally {
-    unlock();
-  }
-}
+export const pauseContainer = (store: StateStore, id: string) => freezerOp(store, id, 'pause', 'running', (cg) => cg.freeze());
+export const resumeContainer = (store: StateStore, id: string) => freezerOp(store, id, 'resume', 'paused', (cg) => cg.thaw());
