@@ -4,10 +4,10 @@
  * library): import it lazily, only on the checkpoint/restore/check paths.
  */
 import { closeSync, constants, existsSync, openSync, readFileSync, realpathSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { libc, libcFunc } from '../src/linux/libc.js';
 import { delimiter, posix } from 'node:path';
 
-type Koffi = typeof import('koffi');
+import type { Koffi } from '../src/linux/libc.js';
 type Fn = (...a: unknown[]) => unknown;
 
 export class CriuError extends Error {
@@ -121,15 +121,13 @@ export class Criu {
   private readonly featureSize: number;
 
   constructor(readonly binary: string, libcriuPath: string) {
-    const req = typeof require === 'function' ? require : createRequire(import.meta.url);
-    this.k = req('koffi') as Koffi;
+    this.k = libc().koffi;
     const libdir = posix.dirname(libcriuPath);
     // libcriu needs libprotobuf-c; a private prefix has its own copy that the system loader would not find
     const pb = posix.join(libdir, 'libprotobuf-c.so.1');
     if (existsSync(pb)) this.k.load(pb);
     const lib = this.k.load(libcriuPath);
-    const libc = this.k.load('libc.so.6');
-    this.fcntl = libc.func('int fcntl(int, int, ...)') as Fn;
+    this.fcntl = libcFunc('int fcntl(int, int, ...)');
     const decl = [
       'int criu_init_opts(void)', 'void criu_set_service_binary(const char *)', 'int criu_get_version(void)',
       'void criu_set_pid(int)', 'void criu_set_images_dir_fd(int)', 'void criu_set_work_dir_fd(int)',

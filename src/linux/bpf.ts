@@ -1,32 +1,17 @@
 /** bpf(2) through koffi: load a cgroup device program and attach it to a cgroup v2 directory. */
 import { closeSync, openSync, constants } from 'node:fs';
-import { createRequire } from 'node:module';
+import { libc, libcFunc } from './libc.js';
 import { TsruncError } from '../errors.js';
 
-type Koffi = typeof import('koffi');
 const SYS_bpf = 321; // x86_64
 const BPF_PROG_LOAD = 5, BPF_PROG_ATTACH = 8;
 const BPF_PROG_TYPE_CGROUP_DEVICE = 15, BPF_CGROUP_DEVICE = 6;
 const BPF_F_ALLOW_MULTI = 2;
 const ATTR_SIZE = 128; // big enough for the fields we set; the rest must be zero
 
-let lib: { koffi: Koffi; syscall: (...a: unknown[]) => number; errno: () => number } | undefined;
-
-function libc() {
-  if (lib) return lib;
-  // the bundled CLI is CommonJS (require exists); the tsc output is an ES module
-  const req = typeof require === 'function' ? require : createRequire(import.meta.url);
-  const koffi = req('koffi') as Koffi;
-  const c = koffi.load('libc.so.6');
-  const syscall = c.func('long syscall(long number, ...)') as (...a: unknown[]) => number;
-  const errnoLoc = c.func('int *__errno_location()') as () => unknown;
-  const errno = () => (koffi.decode(errnoLoc(), 'int') as number);
-  return (lib = { koffi, syscall, errno });
-}
-
 function bpf(cmd: number, attr: Buffer): number {
-  const { syscall, errno } = libc();
-  const r = Number(syscall(SYS_bpf, 'int', cmd, 'void *', attr, 'uint', ATTR_SIZE));
+  const { errno } = libc();
+  const r = Number(libcFunc('long syscall(long number, ...)')(SYS_bpf, 'int', cmd, 'void *', attr, 'uint', ATTR_SIZE));
   if (r < 0) {
     const e = errno();
     const err = new Error(`errno ${e}`) as NodeJS.ErrnoException;

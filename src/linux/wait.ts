@@ -1,17 +1,12 @@
 /** waitpid(2) on a thread (koffi async), for children Node did not spawn (CRIU's restored trees). */
-import { createRequire } from 'node:module';
+import { libcFunc } from './libc.js';
 
 type WaitFn = { async: (pid: number, status: number[], opts: number, cb: (err: unknown, r: number) => void) => void };
 let waitpid: WaitFn | undefined;
 
 /** Resolves with the exit code, 128+signal when killed, as a shell reports it. */
 export function waitChild(pid: number): Promise<number> {
-  if (!waitpid) {
-    const req = typeof require === 'function' ? require : createRequire(import.meta.url);
-    const koffi = req('koffi') as typeof import('koffi');
-    waitpid = koffi.load('libc.so.6').func('int waitpid(int, _Out_ int *status, int)') as unknown as WaitFn;
-  }
-  const w = waitpid;
+  const w = (waitpid ??= libcFunc('int waitpid(int, _Out_ int *status, int)') as unknown as WaitFn);
   return new Promise((resolve) => {
     const status = [0];
     w.async(pid, status, 0, (err, r) => {
