@@ -4,13 +4,11 @@ import { waitGone } from '../linux/proc.js';
 import { cgroupManagerFromPaths } from '../cgroups/manager.js';
 import { StateStore, ociState, type ContainerRecord } from '../state/store.js';
 import { runHooks } from './hooks.js';
-import { writeFileSync } from 'node:fs';
-import { posix } from 'node:path';
 
 /** Kills everything in the container and removes what the runtime made. Returns hook warnings. */
 export async function destroyContainer(store: StateStore, rec: ContainerRecord): Promise<string[]> {
   const cg = cgroupManagerFromPaths(rec.cgroupMode, rec.cgroupPaths);
-  thaw(rec);
+  await cg.thaw().catch(() => {}); // a frozen task cannot die: thaw first (no freezer: nothing to thaw)
   for (let round = 0; round < 50; round++) {
     const pids = new Set(cg.pids());
     if (store.status(rec) !== 'stopped') pids.add(rec.pid);
@@ -33,15 +31,6 @@ export async function destroyContainer(store: StateStore, rec: ContainerRecord):
   }
   store.remove(rec.id);
   return warnings;
-}
-
-function thaw(rec: ContainerRecord): void {
-  try {
-    if (rec.cgroupMode === 'v2') writeFileSync(posix.join(rec.cgroupPaths[''], 'cgroup.freeze'), '0');
-    else if (rec.cgroupPaths['freezer']) writeFileSync(posix.join(rec.cgroupPaths['freezer'], 'freezer.state'), 'THAWED');
-  } catch {
-    /* no freezer */
-  }
 }
 
 export async function deleteContainer(store: StateStore, id: string, force: boolean): Promise<string[]> {

@@ -4,7 +4,7 @@ import { posix } from 'node:path';
 import { TsruncError } from '../errors.js';
 import { isAlive, procStat } from '../linux/proc.js';
 import type { Spec } from '../spec/types.js';
-import type { CgroupMode } from '../cgroups/manager.js';
+import { cgroupManagerFromPaths, type CgroupMode } from '../cgroups/manager.js';
 
 export type Status = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
 
@@ -104,7 +104,7 @@ export class StateStore {
     if (!isAlive(rec.pid, rec.startTime)) return 'stopped';
     if (rec.ready === false) return 'creating';
     if (existsSync(this.fifoPath(rec.id))) return 'created';
-    if (isFrozen(rec)) return 'paused';
+    if (cgroupManagerFromPaths(rec.cgroupMode, rec.cgroupPaths).frozen()) return 'paused';
     return 'running';
   }
 
@@ -148,17 +148,6 @@ export class StateStore {
       if (Date.now() > end) throw new TsruncError(`container "${id}" is locked by another tsrunc (pid ${owner})`);
       await new Promise((r) => setTimeout(r, 10));
     }
-  }
-}
-
-function isFrozen(rec: ContainerRecord): boolean {
-  const dir = rec.cgroupPaths['freezer'] ?? (rec.cgroupMode === 'v2' ? rec.cgroupPaths[''] : undefined);
-  if (!dir) return false;
-  try {
-    if (rec.cgroupMode === 'v2') return readFileSync(posix.join(dir, 'cgroup.freeze'), 'utf8').trim() === '1';
-    return readFileSync(posix.join(dir, 'freezer.state'), 'utf8').trim() === 'FROZEN';
-  } catch {
-    return false;
   }
 }
 
