@@ -49,12 +49,10 @@ export function registerCheckpoint(program: Command): void {
       if (o.detach) return 0;
       // foreground, like runc: wait for the restored init, pass signals on, remove the container after
       const { waitChild } = await import('../linux/wait.js');
-      const fwd = (s: NodeJS.Signals) => () => { try { process.kill(record.pid, s); } catch { /* gone */ } };
-      const sigs: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
-      const handlers = sigs.map((s) => [s, fwd(s)] as const);
-      for (const [s, h] of handlers) process.on(s, h);
+      const { forwardSignals } = await import('../container/run.js');
+      const stop = forwardSignals(record.pid);
       const code = await waitChild(record.pid);
-      for (const [s, h] of handlers) process.off(s, h);
+      stop();
       const { deleteContainer } = await import('../container/delete.js');
       await deleteContainer(store, id, true);
       return code;

@@ -8,6 +8,21 @@ import { destroyContainer } from './delete.js';
 
 const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH'];
 
+/** Passes the signals a foreground runtime gets on to the container's init; returns the undo. */
+export function forwardSignals(pid: number): () => void {
+  const handlers = FORWARDED.map((s) => [s, () => {
+    try {
+      process.kill(pid, s);
+    } catch {
+      /* gone */
+    }
+  }] as const);
+  for (const [s, h] of handlers) process.on(s, h);
+  return () => {
+    for (const [s, h] of handlers) process.off(s, h);
+  };
+}
+
 export interface RunResult {
   exitCode: number;
   warnings: string[];
@@ -19,31 +34,19 @@ export async function runContainer(store: StateStore, opts: CreateOptions & { de
   const exited = foreground
     ? new Promise<number>((resolve) => executor.once('exit', (code, sig) => resolve(code ?? 128 + (sig ? constants.signals[sig] : 0))))
     : Promise.resolve(0);
-  const handlers = new Map<NodeJS.Signals, () => void>();
-  if (foreground) {
-    for (const s of FORWARDED) {
-      const h = () => {
-        try {
-          process.kill(record.pid, s);
-        } catch {
-          /* gone */
-        }
-      };
-      handlers.set(s, h);
-      process.on(s, h);
-    }
-  }
+  const stopForwarding = foreground ? forwardSignals(record.pid) : () => {};
   let warnings: string[];
   try {
     warnings = [...createWarnings, ...(await startContainer(store, opts.id)).warnings];
   } catch (e) {
+    stopForwarding();
     const rec = store.load(opts.id);
     await destroyContainer(store, rec).catch(() => {});
     throw e;
   }
   if (!foreground) return { exitCode: 0, warnings };
   const code = await exited;
-  for (const [s, h] of handlers) process.off(s, h);
+  stopForwarding();
   const unlock = await store.lock(opts.id).catch(() => undefined);
   try {
     if (store.exists(opts.id)) warnings.push(...(await destroyContainer(store, store.load(opts.id))));

@@ -157,3 +157,19 @@ test('check reports CRIU and the kernel features', () => {
   assert.equal(bad.code, 1);
   assert.match(bad.stdout + bad.stderr, /--criu \/nonexistent\/criu: no such file/);
 });
+
+test('a foreground restore waits for the container, exits 128+signal when it is killed, and removes it', async () => {
+  const b = await startCounter('fgsrc');
+  assert.equal(w.tsrunc(['checkpoint', '--image-path', img('fgsrc'), 'fgsrc']).code, 0);
+  // stdout/stderr files, like the source's (CRIU hands the restored init the same kind)
+  const err = posix.join(w.dir, 'fg.err');
+  const run = spawn('sh', ['-c', 'exec "$@" </dev/null >"$0.out" 2>"$0"', err, TSRUNC, '--root', w.root,
+    'restore', '--image-path', img('fgsrc'), '--bundle', b, 'fg'], { stdio: 'ignore' });
+  const code = new Promise<number | null>((r) => run.on('exit', (c) => r(c)));
+  await until('restored', () => existsSync(posix.join(w.root, 'fg', 'state.json')) && w.state('fg').status === 'running', 10000)
+    .catch(() => assert.fail(readFileSync(err, 'utf8')));
+  assert.equal(w.tsrunc(['kill', 'fg', 'KILL']).code, 0);
+  assert.equal(await code, 137);
+  assert.equal(existsSync(posix.join(w.root, 'fg')), false);
+  assert.deepEqual(cgroupDirs('tsrunc/fg'), []);
+});
