@@ -170,6 +170,11 @@ export class Criu {
   }
 
   private reset(): void {
+    // CRIU stops a task leaving its parasite with a hardware breakpoint; on some virtual CPUs
+    // (seen: an Oxide "Turin-like" guest) the breakpoint never fires and the dump hangs for
+    // good. Fault 130 is CRIU's own switch for stepping to the sigreturn by syscall tracing
+    // instead (CRIU once forced it for all Xen guests); it costs next to nothing.
+    if (process.env.CRIU_FAULT === undefined) process.env.CRIU_FAULT = '130';
     if (Number(this.f.criu_init_opts()) < 0) throw new CriuError('cannot initialise libcriu');
     this.f.criu_set_service_binary(this.binary);
   }
