@@ -16,6 +16,7 @@
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -29,12 +30,14 @@
 #include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,6 +72,11 @@ static int root_fd = -1;
 static int fifo_fd = -1;
 static char *resolved_exe;
 static char *state_json = "";
+static char *listener_msg;
+static int console_fd = -1;       /* where the pty master goes (console socket or our socketpair) */
+static int proxy_fd = -1;         /* foreground: our end of that socketpair */
+static int seccomp_sock = -1;     /* connected seccomp notify listener */
+static int notify_fd = -1;        /* the filter's notify fd */
 
 /* ---- framing on the sync socket --------------------------------------- */
 
@@ -281,6 +289,179 @@ static unsigned long locked_flags(int fd) {
 static void remount_bind(const char *what, int fd, unsigned long flags) {
   unsigned long all = MS_BIND | MS_REMOUNT | flags | (locked_flags(fd) & ~MS_RDONLY);
   if (mount(NULL, fdpath(fd, 0), NULL, all, NULL) < 0) die(errno, "remount %s", what);
+}
+
+
+/* ---- fds over unix sockets ------------------------------------------------- */
+
+static int send_fd(int sock, int fd, const char *data, size_t len) {
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  memset(cbuf, 0, sizeof cbuf);
+  struct iovec iov = {(void *)data, len};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  while (len > 0) {
+    ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    /* the fd went with the first bytes; the rest is plain data */
+    mh.msg_control = NULL;
+    mh.msg_controllen = 0;
+    iov.iov_base = (char *)iov.iov_base + n;
+    iov.iov_len -= (size_t)n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int recv_fd(int sock) {
+  char data[256], cbuf[CMSG_SPACE(sizeof(int))];
+  struct iovec iov = {data, sizeof data};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+  ssize_t n;
+  do n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) return -1;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c), sizeof fd);
+      return fd;
+    }
+  return -1;
+}
+
+static int connect_unix(const char *path) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  strcpy(sa.sun_path, path);
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    int e = errno;
+    close(s);
+    errno = e;
+    return -1;
+  }
+  return s;
+}
+
+/* ---- terminals --------------------------------------------------------------- */
+
+static void op_pty(struct op *o) {
+  int m = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (m < 0) die(errno, "open /dev/ptmx (is /dev/pts mounted?)");
+  int unlock = 0;
+  if (ioctl(m, TIOCSPTLCK, &unlock) < 0) die(errno, "unlock pty");
+  int n = -1;
+  if (ioctl(m, TIOCGPTN, &n) < 0) die(errno, "pty number");
+  int slave = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY);
+  if (slave < 0) die(errno, "open pty slave");
+  if (I(o, 0) > 0 && I(o, 1) > 0) { /* process.consoleSize */
+    struct winsize ws = {.ws_row = (unsigned short)I(o, 0), .ws_col = (unsigned short)I(o, 1)};
+    if (ioctl(m, TIOCSWINSZ, &ws) < 0) die(errno, "set the console size");
+  }
+  char name[64];
+  snprintf(name, sizeof name, "/dev/pts/%d", n);
+  if (send_fd(console_fd, m, name, strlen(name)) < 0) die(errno, "send the pty master to the console socket");
+  close(m);
+  close(console_fd);
+  console_fd = -1;
+  for (int fd = 0; fd < 3; fd++)
+    if (dup2(slave, fd) < 0) die(errno, "pty as stdio");
+  if (slave > 2) close(slave);
+  if (ioctl(0, TIOCSCTTY, 0) < 0) die(errno, "set the controlling terminal");
+}
+
+static volatile sig_atomic_t winch;
+static void on_winch(int s) {
+  (void)s;
+  winch = 1;
+}
+
+static void copy_winsize(int from, int to) {
+  struct winsize ws;
+  if (ioctl(from, TIOCGWINSZ, &ws) == 0) ioctl(to, TIOCSWINSZ, &ws);
+}
+
+/* Foreground run/exec with a terminal: our stdin/stdout <-> the container's pty master,
+ * our terminal in raw mode, its size passed on at start and on SIGWINCH. */
+static void proxy_pty(int master) {
+  struct termios saved;
+  int raw = isatty(0) && tcgetattr(0, &saved) == 0;
+  if (raw) {
+    struct termios t = saved;
+    cfmakeraw(&t);
+    tcsetattr(0, TCSANOW, &t);
+    copy_winsize(0, master);
+  }
+  struct sigaction sa = {.sa_handler = on_winch};
+  sigaction(SIGWINCH, &sa, NULL); /* no SA_RESTART: poll returns EINTR */
+  char buf[16384];
+  int in_open = 1;
+  for (;;) {
+    if (winch) {
+      winch = 0;
+      if (raw) copy_winsize(0, master);
+    }
+    struct pollfd p[2] = {{master, POLLIN, 0}, {0, POLLIN, 0}};
+    int r = poll(p, in_open ? 2 : 1, -1);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (p[0].revents) {
+      ssize_t n = read(master, buf, sizeof buf);
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        break; /* EIO: every holder of the slave is gone */
+      }
+      if (write_all(1, buf, (size_t)n) < 0) break;
+    }
+    if (in_open && p[1].revents) {
+      ssize_t n = read(0, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        in_open = 0;
+        if (!raw) { /* end of piped input: the terminal's end-of-file character */
+          char eof = 4;
+          write_all(master, &eof, 1);
+        }
+      } else if (write_all(master, buf, (size_t)n) < 0) {
+        break;
+      }
+    }
+  }
+  if (raw) tcsetattr(0, TCSANOW, &saved);
+}
+
+/* ---- seccomp ----------------------------------------------------------------- */
+
+static void op_seccomp(struct op *o) {
+  struct sock_fprog prog = {(unsigned short)(o->f[0].len / sizeof(struct sock_filter)),
+                            (struct sock_filter *)(void *)S(o, 0)};
+  unsigned flags = (unsigned)I(o, 1);
+  long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+  if (r < 0) die(errno, "load the seccomp filter");
+  if (flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) notify_fd = (int)r;
+}
+
+static void op_seccomp_listener(void) {
+  if (notify_fd < 0 || seccomp_sock < 0) die(EINVAL, "no seccomp notify fd to send");
+  const char *msg = listener_msg ? listener_msg : "{}";
+  if (send_fd(seccomp_sock, notify_fd, msg, strlen(msg)) < 0) die(errno, "send the seccomp notify fd to its listener");
+  close(notify_fd);
+  close(seccomp_sock);
+  notify_fd = seccomp_sock = -1;
 }
 
 /* ---- the ops --------------------------------------------------------------- */
@@ -642,10 +823,14 @@ static void run_child_op(struct op *o) {
   case OP_LOOKUP:
     op_lookup(o);
     break;
-  case OP_READY_SYNC:
+  case OP_READY_SYNC: {
+    uint32_t len;
     if (send_msg(MSG_READY, NULL, 0) < 0) _exit(1);
-    state_json = recv_msg(MSG_CONTINUE, NULL);
+    state_json = recv_msg(MSG_CONTINUE, &len);
+    size_t sl = strlen(state_json);
+    if (sl < len) listener_msg = state_json + sl + 1;
     break;
+  }
   case OP_FIFO_WAIT: {
     close(sync_fd);
     sync_fd = -1;
@@ -660,14 +845,27 @@ static void run_child_op(struct op *o) {
     op_hook(o);
     break;
   case OP_CLOEXEC_FROM:
-    if (syscall(SYS_close_range, (unsigned)I(o, 0), ~0U, CLOSE_RANGE_CLOEXEC) < 0) die(errno, "close_range");
+    if (syscall(SYS_close_range, (unsigned)I(o, 0), ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+      /* older kernels, or a seccomp profile without close_range: mark them one by one */
+      int lim = (int)sysconf(_SC_OPEN_MAX);
+      for (int fd = (int)I(o, 0); fd < lim && fd < 65536; fd++) {
+        int fl = fcntl(fd, F_GETFD);
+        if (fl >= 0) fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+      }
+    }
     break;
-  case OP_SECCOMP: {
-    struct sock_fprog prog = {(unsigned short)(o->f[0].len / sizeof(struct sock_filter)),
-                              (struct sock_filter *)(void *)S(o, 0)};
-    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, (unsigned)I(o, 1), &prog) < 0) die(errno, "seccomp");
+  case OP_SECCOMP:
+    op_seccomp(o);
     break;
-  }
+  case OP_SECCOMP_LISTENER:
+    op_seccomp_listener();
+    break;
+  case OP_PTY:
+    op_pty(o);
+    break;
+  case OP_LSM:
+    write_file(S(o, 0), S(o, 1), "set the LSM label for exec");
+    break;
   case OP_EXEC: {
     char **argv, **envp;
     split_argv_env(o, 0, &argv, &envp);
@@ -747,6 +945,19 @@ int main(int argc, char **argv) {
     } else if (o->code == OP_OPEN_FIFO) {
       fifo_fd = open(S(o, 0), O_PATH | O_CLOEXEC); /* before user namespaces take our access away */
       if (fifo_fd < 0) die(errno, "open %s", S(o, 0));
+    } else if (o->code == OP_CONSOLE) {
+      if (*S(o, 0)) {
+        console_fd = connect_unix(S(o, 0));
+        if (console_fd < 0) die(errno, "connect to the console socket %s", S(o, 0));
+      } else {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) die(errno, "socketpair for the pty");
+        proxy_fd = sv[0];
+        console_fd = sv[1];
+      }
+    } else if (o->code == OP_SECCOMP_CONNECT) {
+      seccomp_sock = connect_unix(S(o, 0));
+      if (seccomp_sock < 0) die(errno, "connect to the seccomp listener %s", S(o, 0));
     } else if (o->code == OP_CLONE) {
       break;
     } else {
@@ -758,6 +969,7 @@ int main(int argc, char **argv) {
   pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)I(&ops[k], 0) | SIGCHLD, 0, 0, 0, 0);
   if (pid < 0) die(errno, "clone");
   if (pid == 0) {
+    if (proxy_fd >= 0) close(proxy_fd);
     free(recv_msg(MSG_GO, NULL));
     for (k++; k < nops; k++) {
       cur_op = (int)k;
@@ -774,8 +986,18 @@ int main(int argc, char **argv) {
   if (!foreground) _exit(0);
   /* foreground: stay the parent of init and pass on how it ended */
   close(sync_fd);
+  if (console_fd >= 0) close(console_fd);
+  if (seccomp_sock >= 0) close(seccomp_sock);
   for (int s = 1; s < 32; s++)
     if (s != SIGCHLD && s != SIGKILL && s != SIGSTOP) signal(s, SIG_IGN);
+  if (proxy_fd >= 0) {
+    int master = recv_fd(proxy_fd);
+    close(proxy_fd);
+    if (master >= 0) {
+      proxy_pty(master);
+      close(master);
+    }
+  }
   int status;
   while (waitpid(pid, &status, 0) < 0)
     if (errno != EINTR) _exit(255);

@@ -14,7 +14,8 @@ enum {
   MSG_HOOKS = 4,      /* init -> parent: run prestart/createRuntime/createContainer now */
   MSG_HOOKS_DONE = 5, /* parent -> init */
   MSG_READY = 6,      /* init -> parent: everything done, about to wait on exec.fifo */
-  MSG_CONTINUE = 7,   /* parent -> init: payload = state JSON for startContainer hooks */
+  MSG_CONTINUE = 7,   /* parent -> init: payload = state JSON for startContainer hooks, then
+                         optionally NUL and the seccomp listener message */
   MSG_ERROR = 8,      /* executor/init -> parent: i32 op index, i32 errno, detail text */
 };
 
@@ -63,6 +64,13 @@ enum {
   OP_EXEC = 44,        /* i argc, argv..., env... */
   OP_SETSID = 45,
   OP_KEYRING = 46,     /* s name, i ignore EACCES/ENOSYS (0/1): join a new session keyring */
+  OP_CONSOLE = 47,     /* (before clone) s console socket path to connect, or "" for a socketpair
+                          whose other end the foreground executor keeps to proxy the pty */
+  OP_PTY = 48,         /* i rows, i cols (0: leave): open a pty in the container's devpts, send the master over the console
+                          socket (SCM_RIGHTS), make the slave stdio and the controlling terminal */
+  OP_SECCOMP_CONNECT = 49, /* (before clone) s path of the seccomp notify listener socket */
+  OP_SECCOMP_LISTENER = 50, /* send the notify fd and the process state (from CONTINUE) to the listener */
+  OP_LSM = 51,         /* s /proc/self/attr file, s value: the label the next execve gets */
 };
 
 /* OP_MOUNT extra bits */

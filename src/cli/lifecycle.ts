@@ -32,11 +32,32 @@ interface CreateCliOpts {
   detach?: boolean;
 }
 
+interface ExecCliOpts {
+  tty?: boolean;
+  consoleSocket?: string;
+  detach: boolean;
+  pidFile?: string;
+  cwd?: string;
+  env?: string[];
+  user?: string;
+  additionalGids?: string[];
+  cap?: string[];
+  newPrivs: boolean;
+  process?: string;
+  preserveFds: number;
+  apparmor?: string;
+  processLabel?: string;
+}
+
 function createOptions(id: string, o: CreateCliOpts, cmd: Command) {
   return {
     id, bundle: o.bundle, pidFile: o.pidFile, noPivot: !o.pivot, noNewKeyring: !o.newKeyring,
     preserveFds: o.preserveFds, consoleSocket: o.consoleSocket, systemdCgroup: globals(cmd).systemdCgroup,
   };
+}
+
+function collect(v: string, prev: string[] = []): string[] {
+  return [...prev, v];
 }
 
 function warn(warnings: string[]): void {
@@ -65,6 +86,33 @@ export function registerLifecycle(program: Command): void {
     .action(action(async (id: string, o: CreateCliOpts, cmd: Command) => {
       const { runContainer } = await import('../container/run.js');
       const r = await runContainer(storeOf(cmd), { ...createOptions(id, o, cmd), detach: o.detach === true });
+      warn(r.warnings);
+      return r.exitCode;
+    }));
+
+  program.command('exec <container-id> [command...]').description('run a new process in a running container')
+    .passThroughOptions()
+    .option('-t, --tty', 'allocate a pseudo-TTY')
+    .option('--console-socket <path>', 'unix socket that receives the pty master (with --tty and --detach)')
+    .option('-d, --detach', 'detach from the process', false)
+    .option('--pid-file <file>', 'write the process\'s pid to this file')
+    .option('--cwd <dir>', 'working directory in the container')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect)
+    .option('-u, --user <uid[:gid]>', 'user and group, numbers or names from the container\'s /etc/passwd and /etc/group')
+    .option('-g, --additional-gids <gid>', 'an additional group (repeatable)', collect)
+    .option('-c, --cap <cap>', 'add a capability to all sets (repeatable)', collect)
+    .option('--no-new-privs', 'set no_new_privs for the process')
+    .option('-p, --process <file>', 'the process as OCI process JSON (instead of a command and flags)')
+    .option('--preserve-fds <n>', 'pass N more file descriptors (3 .. 3+N-1) to the process', intArg('--preserve-fds'), 0)
+    .option('-a, --apparmor <profile>', 'AppArmor profile for the process')
+    .option('--process-label <label>', 'SELinux label for the process')
+    .action(action(async (id: string, command: string[], o: ExecCliOpts, cmd: Command) => {
+      const { execProcess } = await import('../container/exec.js');
+      const r = await execProcess(storeOf(cmd), {
+        id, args: command, processFile: o.process, tty: o.tty, consoleSocket: o.consoleSocket, detach: o.detach,
+        pidFile: o.pidFile, cwd: o.cwd, env: o.env, user: o.user, additionalGids: o.additionalGids, caps: o.cap,
+        noNewPrivs: o.newPrivs === false, preserveFds: o.preserveFds, apparmor: o.apparmor, processLabel: o.processLabel,
+      });
       warn(r.warnings);
       return r.exitCode;
     }));

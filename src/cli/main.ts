@@ -75,6 +75,8 @@ export function buildProgram(): Command {
     .option('--criu <path>', 'the CRIU binary to use (default: criu on PATH)')
     .option('--systemd-cgroup', 'use systemd to manage cgroups (not supported without systemd)', false)
     .showHelpAfterError(false)
+    // like runc: global options come before the command, and exec's command line after its id is the process's
+    .enablePositionalOptions()
     .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error:') ? `tsrunc: ${s.slice(7)}` : s) })
     .hook('preAction', (_this, sub) => {
       const g = globals(sub);

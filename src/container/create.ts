@@ -1,21 +1,19 @@
 /** create: a container whose init waits on exec.fifo for `start`. */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { Socket } from 'node:net';
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { posix, resolve as resolvePath } from 'node:path';
-import { getSystemErrorMap } from 'node:util';
 import { SpecError, TsruncError } from '../errors.js';
 import { validateSpec } from '../spec/validate.js';
 import type { Spec } from '../spec/types.js';
 import { compileInitPlan, newNamespaces } from '../init/compile.js';
 import { encodePlan, type InitPlan } from '../init/plan.js';
-import { SyncChannel, parseError, MSG } from '../init/handshake.js';
+import { MSG } from '../init/handshake.js';
 import { cgroupManager, defaultCgroupsPath, type CgroupManager } from '../cgroups/manager.js';
 import { DEFAULT_DEVICE_RULES, type Resources } from '../cgroups/resources.js';
 import { StateStore, ociState, validateId, writeFileAtomic, type ContainerRecord } from '../state/store.js';
 import { hasCapability, nofileHardLimit, procStat, waitGone } from '../linux/proc.js';
 import { lastCap } from '../linux/tables.js';
-import { executorPath } from './executor.js';
+import { checkTerminal, continuePayload, listenFds, processSecurity, runHandshake, startExecutor, withHome } from './process.js';
 import { runHooks } from './hooks.js';
 
 export interface CreateOptions {
@@ -80,11 +78,6 @@ export function loadBundle(bundleArg: string): { bundle: string; spec: Spec } {
   }
 }
 
-function errnoText(errno: number): string {
-  const entry = getSystemErrorMap().get(-errno);
-  return entry ? entry[1] : `errno ${errno}`;
-}
-
 function writeIdMaps(pid: number, spec: Spec): void {
   const fmt = (m: { containerID: number; hostID: number; size: number }[]) =>
     m.map((x) => `${x.containerID} ${x.hostID} ${x.size}`).join('\n') + '\n';
@@ -100,34 +93,11 @@ function writeIdMaps(pid: number, spec: Spec): void {
   }
 }
 
-function startExecutor(preserveFds: number): { executor: ChildProcess; channel: SyncChannel; spawnError: Promise<never> } {
-  const syncFd = 3 + preserveFds;
-  const stdio: ('inherit' | 'pipe' | number)[] = ['inherit', 'inherit', 'inherit'];
-  for (let fd = 3; fd < syncFd; fd++) stdio.push(fd);
-  stdio.push('pipe');
-  const executor = spawn(executorPath(), [], { stdio, env: { ...process.env, _TSRUNC_SYNC_FD: String(syncFd) } });
-  const spawnError = new Promise<never>((_, reject) =>
-    executor.once('error', (e) => reject(new TsruncError(`cannot run the executor ${executorPath()}: ${e.message}`))));
-  spawnError.catch(() => {});
-  return { executor, channel: new SyncChannel(executor.stdio[syncFd] as Socket), spawnError };
-}
-
 export async function createContainer(store: StateStore, opts: CreateOptions): Promise<Created> {
   validateId(opts.id);
   const { bundle, spec } = loadBundle(opts.bundle);
   const proc = spec.process!;
-  if (proc.terminal && !opts.consoleSocket)
-    throw new TsruncError(opts.foreground
-      ? 'process.terminal: foreground terminals are not supported yet; set "terminal": false or pass --console-socket'
-      : 'cannot allocate a terminal when detaching without --console-socket (process.terminal is true)');
-  if (proc.terminal) throw new TsruncError('process.terminal: terminals are not supported yet; set "terminal": false');
-  if (spec.linux?.seccomp) throw new TsruncError('linux.seccomp: seccomp filters are not supported yet');
-  if (proc.apparmorProfile && !existsSync('/sys/kernel/security/apparmor'))
-    throw new TsruncError(`process.apparmorProfile: "${proc.apparmorProfile}" asked for, but AppArmor is not enabled on this host`);
-  if (proc.selinuxLabel && !existsSync('/sys/fs/selinux/enforce'))
-    throw new TsruncError(`process.selinuxLabel: "${proc.selinuxLabel}" asked for, but SELinux is not enabled on this host`);
-  if (proc.apparmorProfile || proc.selinuxLabel)
-    throw new TsruncError('process.apparmorProfile/selinuxLabel: LSM labels are not supported yet');
+  checkTerminal(!opts.foreground, proc.terminal === true, opts.consoleSocket);
   const rootfs = spec.root!.path.startsWith('/') ? spec.root!.path : posix.join(bundle, spec.root!.path);
   try {
     if (!statSync(rootfs).isDirectory()) throw new Error();
@@ -135,17 +105,26 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
     throw new TsruncError(`root.path: ${rootfs} is not a directory`);
   }
 
+  const security = await processSecurity(spec, proc);
+  // systemd socket activation: the fds go on to the container's init, ahead of --preserve-fds
+  const listen = listenFds();
+  const extraFds = listen + (opts.preserveFds ?? 0);
+  const withListen = listen ? { ...proc, env: [...(proc.env ?? []), `LISTEN_FDS=${listen}`, 'LISTEN_PID=1'] } : proc;
+  // the record keeps the config as given (exec starts from it); the init gets HOME and LISTEN_FDS
+  const initSpec: Spec = { ...spec, process: withHome(withListen, rootfs) };
   // the executor starts (and makes its sealed copy) while the plan is compiled; it waits for the plan
-  const { executor, channel, spawnError } = startExecutor(opts.preserveFds ?? 0);
+  const handle = startExecutor(extraFds);
+  const { executor, channel } = handle;
   let cgroups: CgroupManager, plan: InitPlan, unlock: () => void;
   try {
     cgroups = cgroupManager(spec.linux?.cgroupsPath || defaultCgroupsPath(opts.id), opts.systemdCgroup);
     // compile before claiming the id: a bad config leaves nothing behind
-    plan = compileInitPlan(spec, {
+    plan = compileInitPlan(initSpec, {
       rootfs, bundle, fifoPath: store.fifoPath(opts.id), foreground: opts.foreground === true, noPivot: opts.noPivot === true,
       sessionKeyring: opts.noNewKeyring ? undefined : `_ses.${opts.id}`,
-      preserveFds: opts.preserveFds ?? 0, cgroupMounts: cgroups.mountSources(), lastCap: lastCap(),
+      preserveFds: extraFds, cgroupMounts: cgroups.mountSources(), lastCap: lastCap(),
       nofileHard: nofileHardLimit(), canRaiseRlimits: hasCapability(CAP_SYS_RESOURCE),
+      consoleSocket: opts.consoleSocket, seccomp: security.seccomp, lsm: security.lsm,
     });
     store.claim(opts.id);
     unlock = await store.lock(opts.id);
@@ -159,54 +138,38 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
     id: opts.id, pid: 0, startTime: 0, bundle, rootfs, created: new Date().toISOString(), owner: '',
     annotations: spec.annotations ?? {}, cgroupMode: cgroups.mode, cgroupPaths: cgroups.paths, config: spec, ready: false,
   };
-  const warnings: string[] = [];
+  const warnings: string[] = [...security.warnings];
   try {
     cgroups.create();
     warnings.push(...cgroups.set(containerResources(spec)));
     channel.send(MSG.PLAN, encodePlan(plan));
-    const next = () => Promise.race([channel.next(), spawnError]);
-
-    const fail = (f: Buffer): never => {
-      const e = parseError({ type: MSG.ERROR, payload: f });
-      const op = plan.ops[e.opIndex];
-      const where = op ? op.what : 'executor';
-      throw new TsruncError(`${where}: ${e.detail}: ${errnoText(e.errno)}`);
-    };
-
-    for (;;) {
-      const f = await next();
-      if (!f) throw new TsruncError(pid ? 'container init exited during setup' : 'the executor exited before starting the container');
-      if (f.type === MSG.ERROR) fail(f.payload);
-      if (f.type === MSG.PID) {
-        pid = Number(f.payload.readBigInt64LE(0));
-        record.pid = pid;
-        record.startTime = procStat(pid)?.startTime ?? 0;
+    pid = await runHandshake(handle, plan, {
+      onPid: async (p) => {
+        pid = p;
+        record.pid = p;
+        record.startTime = procStat(p)?.startTime ?? 0;
         try {
-          await cgroups.apply(pid);
+          await cgroups.apply(p);
         } catch (e) {
           throw new TsruncError(`cannot move init into cgroup ${Object.values(cgroups.paths)[0]}: ${(e as Error).message}`);
         }
-        if (newNamespaces(spec).has('user')) writeIdMaps(pid, spec);
+        if (newNamespaces(spec).has('user')) writeIdMaps(p, spec);
         // recorded now, so that a tsrunc killed mid-create leaves something `delete --force` can clean
         store.save(record);
-        channel.send(MSG.GO);
-      } else if (f.type === MSG.HOOKS) {
+      },
+      onHooks: async () => {
         const st = ociState(record, 'creating');
         await runHooks('prestart', spec.hooks?.prestart, st);
         await runHooks('createRuntime', spec.hooks?.createRuntime, st);
         await runHooks('createContainer', spec.hooks?.createContainer, st);
-        channel.send(MSG.HOOKS_DONE);
-      } else if (f.type === MSG.READY) {
+      },
+      onReady: async () => {
         record.ready = true;
         store.save(record);
         if (opts.pidFile) writeFileAtomic(resolvePath(opts.pidFile), String(pid), 0o644);
-        await channel.send(MSG.CONTINUE, Buffer.from(JSON.stringify(ociState(record, 'created'))));
-        channel.close();
-        break;
-      } else {
-        throw new TsruncError(`handshake: unexpected message ${f.type}`);
-      }
-    }
+        return continuePayload(ociState(record, 'created'), pid, security.seccomp);
+      },
+    });
     unlock();
     return { record, executor, warnings };
   } catch (e) {

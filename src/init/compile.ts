@@ -2,7 +2,7 @@
 import { lstatSync, readlinkSync, statSync } from 'node:fs';
 import { posix } from 'node:path';
 import { SpecError } from '../errors.js';
-import type { Spec, Mount, Namespace } from '../spec/types.js';
+import type { Spec, Mount, Namespace, Process, Hook } from '../spec/types.js';
 import {
   CAPABILITIES, NAMESPACES, RLIMITS, MS, MOUNT_FLAG_OPTIONS, PROPAGATION_OPTIONS,
   CLONE_NEWCGROUP, CLONE_NEWTIME, CLONE_NEWNET,
@@ -35,7 +35,24 @@ export interface CompileContext {
   /** the runtime's own RLIMIT_NOFILE hard limit and whether it may raise it */
   nofileHard: number;
   canRaiseRlimits: boolean;
+  /** process.terminal: where the pty master goes; undefined = the foreground executor proxies it */
+  consoleSocket?: string;
+  /** the compiled linux.seccomp filter */
+  seccomp?: CompiledSeccomp;
+  /** the LSM label file in /proc/self/attr and the value the process is exec'd with */
+  lsm?: { attr: string; value: string };
 }
+
+/** What the seccomp compiler hands the plan: the BPF program and how to load it. */
+export interface CompiledSeccomp {
+  filter: Buffer;
+  flags: number;
+  notify: boolean;
+  listenerPath?: string;
+}
+
+/** The facts the process part of a plan needs (the container's init or an exec'd process). */
+export type ProcessContext = Pick<CompileContext, 'lastCap' | 'nofileHard' | 'canRaiseRlimits' | 'consoleSocket' | 'seccomp' | 'lsm' | 'preserveFds'>;
 
 const S_IFCHR = 0o020000, S_IFBLK = 0o060000, S_IFIFO = 0o010000;
 const DEFAULT_DEVICES = [
@@ -230,6 +247,8 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
     b.add('MKFIFO', 'create exec.fifo', ctx.fifoPath, 0o622);
     b.add('OPEN_FIFO', 'open exec.fifo', ctx.fifoPath);
   }
+  // host paths: connected before any namespace is joined
+  preCloneProcessOps(b, proc, ctx);
   const joined = nsList(spec).filter((n) => n.path);
   joined.sort((a, z) => (a.type === 'user' ? -1 : z.type === 'user' ? 1 : 0));
   for (const n of joined) {
@@ -302,6 +321,34 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
   (linux.readonlyPaths ?? []).forEach((p, i) => b.add('READONLY', `linux.readonlyPaths[${i}] (${p})`, posix.normalize(p)));
   if (spec.root?.readonly) b.add('ROOT_RO', 'root.readonly');
 
+  if (proc.terminal) ptyOp(b, proc, 'the container');
+  compileProcessOps(b, proc, ctx, {
+    fifo: ctx.fifoPath !== undefined,
+    startHooks: hooks.startContainer ?? [],
+  });
+  if (userNs && !linux.uidMappings) throw new SpecError('linux.uidMappings', 'a new user namespace needs uid mappings');
+  if (userNs && !linux.gidMappings) throw new SpecError('linux.gidMappings', 'a new user namespace needs gid mappings');
+  return { ops: b.ops };
+}
+
+function ptyOp(b: PlanBuilder, proc: Process, whose: string): void {
+  b.add('PTY', `process.terminal (a pty for ${whose})`, proc.consoleSize?.height ?? 0, proc.consoleSize?.width ?? 0);
+}
+
+/** Ops before clone for the process: connect its console and seccomp listener sockets. */
+function preCloneProcessOps(b: PlanBuilder, proc: Process, ctx: ProcessContext): void {
+  if (proc.terminal)
+    b.add('CONSOLE', ctx.consoleSocket ? `--console-socket ${ctx.consoleSocket}` : 'a pty proxied by the foreground runtime', ctx.consoleSocket ?? '');
+  if (ctx.seccomp?.notify) b.add('SECCOMP_CONNECT', `linux.seccomp.listenerPath (${ctx.seccomp.listenerPath})`, ctx.seccomp.listenerPath!);
+}
+
+/**
+ * The process part of a plan, shared by the container's init and exec: limits, identity,
+ * capabilities, seccomp, and the exec itself. Seccomp goes as late as possible, after the
+ * identity change, when no_new_privs lets an unprivileged process load it; without
+ * no_new_privs it must be loaded while the process still has CAP_SYS_ADMIN, as runc does.
+ */
+function compileProcessOps(b: PlanBuilder, proc: Process, ctx: ProcessContext, o: { fifo: boolean; startHooks: Hook[] }): void {
   (proc.rlimits ?? []).forEach((r, i) => {
     const jp = `process.rlimits[${i}]`;
     if (r.type === 'RLIMIT_NOFILE' && r.hard > ctx.nofileHard && !ctx.canRaiseRlimits)
@@ -309,6 +356,14 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
     b.add('RLIMIT', `${jp} (${r.type} ${r.soft}/${r.hard})`, RLIMITS[r.type], r.soft, r.hard);
   });
   b.add('UMASK', 'process.user.umask', proc.user.umask ?? 0o022);
+  if (ctx.lsm) b.add('LSM', `${ctx.lsm.attr.includes('apparmor') ? 'process.apparmorProfile' : 'process.selinuxLabel'} (${ctx.lsm.value})`, ctx.lsm.attr, ctx.lsm.value);
+  const seccompOp = () => {
+    const sc = ctx.seccomp!;
+    b.add('SECCOMP', `linux.seccomp (${sc.filter.length / 8} BPF instructions)`, sc.filter, sc.flags);
+    // the agent gets the notify fd at once: a notified syscall of the executor's would wait for it
+    if (sc.notify) b.add('SECCOMP_LISTENER', `linux.seccomp.listenerPath (send the notify fd to ${sc.listenerPath})`);
+  };
+  if (ctx.seccomp && !proc.noNewPrivileges) seccompOp();
 
   const caps = proc.capabilities;
   const last = ctx.lastCap;
@@ -331,14 +386,37 @@ export function compileInitPlan(spec: Spec, ctx: CompileContext): InitPlan {
   const args = proc.args!;
   b.add('LOOKUP', `process.args[0] (${args[0]})`, args[0], pathVar);
   b.add('READY_SYNC', 'report ready');
-  if (ctx.fifoPath) b.add('FIFO_WAIT', 'wait for start on exec.fifo');
-  (hooks.startContainer ?? []).forEach((h, i) => {
+  if (o.fifo) b.add('FIFO_WAIT', 'wait for start on exec.fifo');
+  o.startHooks.forEach((h, i) => {
     const argv = h.args && h.args.length > 0 ? h.args : [h.path];
     b.add('HOOK', `hooks.startContainer[${i}] (${h.path})`, h.timeout ?? 0, h.path, argv.length, ...argv, ...(h.env ?? []));
   });
   b.add('CLOEXEC_FROM', 'close the runtime\'s file descriptors', 3 + ctx.preserveFds);
+  if (ctx.seccomp && proc.noNewPrivileges) seccompOp();
   b.add('EXEC', `process.args (${args.join(' ')})`, args.length, ...args, ...env);
-  if (userNs && !linux.uidMappings) throw new SpecError('linux.uidMappings', 'a new user namespace needs uid mappings');
-  if (userNs && !linux.gidMappings) throw new SpecError('linux.gidMappings', 'a new user namespace needs gid mappings');
+}
+
+export interface ExecContext extends ProcessContext {
+  /** the container's namespaces to join, as /proc/<pid>/ns paths */
+  namespaces: { type: string; path: string }[];
+  foreground: boolean;
+  /** the container's session keyring name, undefined to keep the caller's */
+  sessionKeyring?: string;
+}
+
+/** The plan for `exec`: join the container's namespaces, fork into them, become the process. */
+export function compileExecPlan(proc: Process, ctx: ExecContext): InitPlan {
+  const b = new PlanBuilder();
+  // user first (it grants the rights for the rest), mount last (paths under /proc stop working after it)
+  const order = (t: string) => (t === 'user' ? 0 : t === 'mount' ? 2 : 1);
+  const ns = [...ctx.namespaces].sort((a, z) => order(a.type) - order(z.type));
+  preCloneProcessOps(b, proc, ctx); // host paths: before the mount namespace is joined
+  for (const n of ns) b.add('SETNS', `join the container's ${n.type} namespace (${n.path})`, n.path, NAMESPACES[n.type].flag);
+  b.add('CLONE', 'fork into the container\'s pid namespace', 0, ctx.foreground ? 1 : 0);
+  b.add('SETSID', 'start a new session');
+  if (ctx.sessionKeyring) b.add('KEYRING', 'the container\'s session keyring', ctx.sessionKeyring, 1);
+  if (proc.oomScoreAdj !== undefined) b.add('OOM_SCORE', 'process.oomScoreAdj', proc.oomScoreAdj);
+  if (proc.terminal) ptyOp(b, proc, 'the process');
+  compileProcessOps(b, proc, ctx, { fifo: false, startHooks: [] });
   return { ops: b.ops };
 }

@@ -52,6 +52,11 @@ export const OP = {
   EXEC: 44,
   SETSID: 45,
   KEYRING: 46,
+  CONSOLE: 47,
+  PTY: 48,
+  SECCOMP_CONNECT: 49,
+  SECCOMP_LISTENER: 50,
+  LSM: 51,
 } as const;
 
 export const MOUNT_SYSFS_FALLBACK = 1;

@@ -240,3 +240,9 @@ export function validateSpec(v: Json): Spec {
   if (spec.domainname !== undefined && !nsTypes.has('uts')) throw new SpecError('domainname', 'needs a new uts namespace in linux.namespaces');
   return spec;
 }
+
+/** Checks a process object on its own (exec's --process file); paths are named process.*. */
+export function validateProcess(v: Json): import('./types.js').Process {
+  process(v);
+  return v as import('./types.js').Process;
+}

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { compileInitPlan, checkDestinationInRoot, parseMountOptions, type CompileContext } from '../../src/init/compile.js';
+import { compileInitPlan, compileExecPlan, checkDestinationInRoot, parseMountOptions, type CompileContext, type ExecContext } from '../../src/init/compile.js';
 import type { InitPlan, PlanOp, OpName } from '../../src/init/plan.js';
 import { defaultSpec } from '../../src/spec/default.js';
 import type { Spec } from '../../src/spec/types.js';
@@ -401,4 +401,81 @@ test('a session keyring is joined unless --no-new-keyring', () => {
   assert.deepEqual(only(with_, 'KEYRING')[0].fields, ['_ses.abc', 1]);
   assert.equal(after1(with_, 'SETSID'), 'KEYRING');
   assert.equal(only(compileInitPlan(spec(), ctx()), 'KEYRING').length, 0);
+});
+
+const FILTER = Buffer.alloc(16); // two instructions; the compiler does not look inside
+const seccompCtx = (notify: boolean) => ({ filter: FILTER, flags: notify ? 8 : 0, notify, listenerPath: notify ? '/run/agent.sock' : undefined });
+
+test('a terminal: CONSOLE before clone and before any SETNS, PTY (with consoleSize) after the mounts', () => {
+  const plan = compileInitPlan(spec((s) => {
+    s.process!.terminal = true;
+    s.process!.consoleSize = { height: 30, width: 90 };
+    s.linux!.namespaces!.push({ type: 'user', path: '/proc/1/ns/user' } as never);
+  }), ctx({ consoleSocket: '/run/c.sock' }));
+  assert.deepEqual(only(plan, 'CONSOLE')[0].fields, ['/run/c.sock']);
+  assert.ok(indexOf(plan, 'CONSOLE') < indexOf(plan, 'SETNS'));
+  assert.deepEqual(only(plan, 'PTY')[0].fields, [30, 90]);
+  assert.ok(indexOf(plan, 'PTY') > indexOf(plan, 'PIVOT') && indexOf(plan, 'PTY') < indexOf(plan, 'EXEC'));
+  // the foreground proxy: an empty path asks the executor for a socketpair
+  const fg = compileInitPlan(spec((s) => { s.process!.terminal = true; }), ctx({ foreground: true }));
+  assert.deepEqual(only(fg, 'CONSOLE')[0].fields, ['']);
+  assert.deepEqual(only(fg, 'PTY')[0].fields, [0, 0]);
+});
+
+test('seccomp: loaded last (after CLOEXEC_FROM) with no_new_privs, before the identity change without it', () => {
+  const nnp = compileInitPlan(spec(), ctx({ seccomp: seccompCtx(false) }));
+  assert.deepEqual(names(nnp).slice(-3), ['CLOEXEC_FROM', 'SECCOMP', 'EXEC']);
+  assert.deepEqual(only(nnp, 'SECCOMP')[0].fields, [FILTER, 0]);
+  const priv = compileInitPlan(spec((s) => { s.process!.noNewPrivileges = false; }), ctx({ seccomp: seccompCtx(false) }));
+  assert.ok(indexOf(priv, 'SECCOMP') < indexOf(priv, 'USER'));
+  assert.ok(indexOf(priv, 'SECCOMP') > indexOf(priv, 'PIVOT'));
+});
+
+test('seccomp notify: SECCOMP_CONNECT before clone, SECCOMP_LISTENER right after the filter is loaded', () => {
+  const plan = compileInitPlan(spec(), ctx({ seccomp: seccompCtx(true) }));
+  assert.deepEqual(only(plan, 'SECCOMP_CONNECT')[0].fields, ['/run/agent.sock']);
+  assert.ok(indexOf(plan, 'SECCOMP_CONNECT') < indexOf(plan, 'CLONE'));
+  assert.deepEqual(names(plan).slice(-3), ['SECCOMP', 'SECCOMP_LISTENER', 'EXEC']);
+  // loaded early (no no_new_privs), the agent still gets the fd right after the filter
+  const priv = compileInitPlan(spec((s) => { s.process!.noNewPrivileges = false; }), ctx({ seccomp: seccompCtx(true) }));
+  assert.equal(after1(priv, 'SECCOMP'), 'SECCOMP_LISTENER');
+  assert.ok(indexOf(priv, 'SECCOMP_LISTENER') < indexOf(priv, 'USER'));
+});
+
+test('an LSM label is set before exec', () => {
+  const plan = compileInitPlan(spec(), ctx({ lsm: { attr: '/proc/self/attr/apparmor/exec', value: 'exec myprofile' } }));
+  assert.deepEqual(only(plan, 'LSM')[0].fields, ['/proc/self/attr/apparmor/exec', 'exec myprofile']);
+  assert.match(only(plan, 'LSM')[0].what, /process\.apparmorProfile/);
+});
+
+function execCtx(over: Partial<ExecContext> = {}): ExecContext {
+  return {
+    namespaces: [
+      { type: 'mount', path: '/proc/9/ns/mnt' }, { type: 'pid', path: '/proc/9/ns/pid' },
+      { type: 'user', path: '/proc/9/ns/user' }, { type: 'network', path: '/proc/9/ns/net' },
+    ],
+    foreground: true, preserveFds: 2, lastCap: 40, nofileHard: 20000, canRaiseRlimits: false, ...over,
+  };
+}
+
+test('the exec plan: join user first and mount last, fork with no new namespaces, then the process ops', () => {
+  const plan = compileExecPlan(spec().process!, execCtx({ sessionKeyring: '_ses.c1' }));
+  assert.deepEqual(names(plan), [
+    'SETNS', 'SETNS', 'SETNS', 'SETNS', 'CLONE', 'SETSID', 'KEYRING',
+    'RLIMIT', 'UMASK', 'BOUNDING', 'USER', 'CAPS', 'NO_NEW_PRIVS', 'CHDIR', 'LOOKUP', 'READY_SYNC', 'CLOEXEC_FROM', 'EXEC',
+  ]);
+  assert.deepEqual(only(plan, 'SETNS').map((o) => o.fields[0]), ['/proc/9/ns/user', '/proc/9/ns/pid', '/proc/9/ns/net', '/proc/9/ns/mnt']);
+  assert.deepEqual(only(plan, 'SETNS').map((o) => o.fields[1]), [CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWNS]);
+  assert.deepEqual(only(plan, 'CLONE')[0].fields, [0, 1]);
+  assert.deepEqual(only(plan, 'CLOEXEC_FROM')[0].fields, [5]);
+  assert.equal(names(plan).includes('FIFO_WAIT'), false);
+});
+
+test('the exec plan with a terminal and a notify filter connects both sockets before joining the mount namespace', () => {
+  const proc = { ...spec().process!, terminal: true };
+  const plan = compileExecPlan(proc, execCtx({ foreground: false, consoleSocket: '/run/c.sock', seccomp: seccompCtx(true) }));
+  assert.deepEqual(names(plan).slice(0, 2), ['CONSOLE', 'SECCOMP_CONNECT']);
+  assert.deepEqual(only(plan, 'CLONE')[0].fields, [0, 0]);
+  assert.ok(indexOf(plan, 'PTY') > indexOf(plan, 'CLONE'));
+  assert.deepEqual(names(plan).slice(-3), ['SECCOMP', 'SECCOMP_LISTENER', 'EXEC']);
 });
