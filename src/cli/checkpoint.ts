@@ -6,7 +6,7 @@ import { log } from './log.js';
 
 function checkpointFlags(cmd: Command): Command {
   return cmd
-    .option('--image-path <dir>', 'where CRIU\'s image files go', 'checkpoint')
+    .option('--image-path <dir>', 'where CRIU\'s image files go (default: ./checkpoint)')
     .option('--work-path <dir>', 'where CRIU\'s log and work files go (default: the image path)')
     .option('--tcp-established', 'checkpoint/restore established TCP connections', false)
     .option('--ext-unix-sk', 'allow external unix sockets', false)
@@ -27,9 +27,56 @@ export function registerCheckpoint(program: Command): void {
     .option('--page-server <address:port>', 'send memory pages to a CRIU page server')
     .option('--status-fd <fd>', 'accepted for runc compatibility')
     .option('--pre-dump', 'dump memory only and keep running (needs soft-dirty tracking)', false)
+    .option('--export <file>', 'write one .tar.zst image to this file ("-": stdout) instead of an image directory')
+    .option('--compress-level <n>', 'zstd level of --export (default 3)')
+    .option('--print-stats', 'print CRIU\'s and tsrunc\'s timings as JSON', false)
     .action(action(async (id: string, o: Record<string, unknown>, cmd: Command) => {
-      const { checkpointContainer } = await import('../container/checkpoint.js');
-      await checkpointContainer(storeOf(cmd), id, { ...o, criu: globals(cmd).criu });
+      const criu = globals(cmd).criu;
+      if (!o.export) {
+        if (o.compressLevel !== undefined) throw new TsruncError('--compress-level needs --export');
+        const t0 = Date.now();
+        const { checkpointContainer } = await import('../container/checkpoint.js');
+        await checkpointContainer(storeOf(cmd), id, { ...o, criu });
+        if (o.printStats) {
+          const { readCriuStats } = await import('../../criu/stats.js');
+          const { resolve } = await import('node:path');
+          printStats(false, { id, total_ms: Date.now() - t0, criu: readCriuStats(resolve(String(o.workPath ?? o.imagePath ?? 'checkpoint'), 'stats-dump')) });
+        }
+        return;
+      }
+      const level = o.compressLevel === undefined ? undefined : await compressLevel(String(o.compressLevel));
+      const { exportCheckpoint, abortExport } = await import('../container/export.js');
+      const { progress } = await import('./progress.js');
+      const toStdout = o.export === '-';
+      if (toStdout && process.stdout.isTTY) throw new TsruncError('--export -: standard output is a terminal; redirect it to a file or a pipe');
+      const bar = progress('checkpoint');
+      const undo = onSignals(() => {
+        bar.end();
+        abortExport();
+      });
+      let phase = '';
+      try {
+        const r = await exportCheckpoint(storeOf(cmd), id, toStdout ? process.stdout : resolveOut(String(o.export)), {
+          ...o, criu, compressLevel: level,
+          onProgress: (p, done, total) => {
+            if (p !== phase) bar.phase(p === 'dump' ? 'checkpoint: dumping' : 'checkpoint: writing image');
+            phase = p;
+            bar.update(done, total);
+          },
+        });
+        bar.end();
+        for (const w of r.warnings) log('warning', w);
+        if (o.printStats) {
+          printStats(toStdout, {
+            id, total_ms: r.totalMs, dump_ms: r.dumpMs, write_ms: r.writeMs, frozen_ms: r.frozenMs,
+            bytes_in: r.bytesIn, bytes_out: r.bytesOut, work_dir_tmpfs: r.onTmpfs, rootfs_diff: r.rootfs,
+            max_rss_kib: process.resourceUsage().maxRSS, criu: r.criu,
+          });
+        }
+      } finally {
+        bar.end();
+        undo();
+      }
     }));
 
   checkpointFlags(program.command('restore <container-id>').description('restore a container from a checkpoint'))
@@ -41,10 +88,53 @@ export function registerCheckpoint(program: Command): void {
     .option('--no-pivot', 'accepted for runc compatibility')
     .option('--lsm-profile <type:label>', 'LSM profile for the restored process')
     .option('--lsm-mount-context <context>', 'SELinux mount context for the restored mounts')
+    .option('--import <file>', 'restore from one .tar.zst image (from "checkpoint --export"; "-": stdin)')
+    .option('--allow-devices', 'accept device nodes and setuid files in an imported rootfs diff', false)
+    .option('--print-stats', 'print CRIU\'s and tsrunc\'s timings as JSON', false)
     .action(action(async (id: string, o: Record<string, unknown>, cmd: Command) => {
-      const { restoreContainer } = await import('../container/restore.js');
       const store = storeOf(cmd);
-      const { record, warnings } = await restoreContainer(store, id, { ...(o as { bundle: string }), criu: globals(cmd).criu, systemdCgroup: globals(cmd).systemdCgroup });
+      const ro = { ...(o as { bundle: string }), criu: globals(cmd).criu, systemdCgroup: globals(cmd).systemdCgroup };
+      let record, warnings: string[];
+      const t0 = Date.now();
+      if (o.import) {
+        const { importCheckpoint, abortImport } = await import('../container/import.js');
+        const { progress } = await import('./progress.js');
+        const bar = progress('restore');
+        const undo = onSignals(() => {
+          bar.end();
+          abortImport();
+        });
+        let phase = '';
+        try {
+          const r = await importCheckpoint(store, id, {
+            ...ro, import: String(o.import), allowDevices: o.allowDevices === true,
+            onProgress: (p, done, total) => {
+              if (p !== phase) bar.phase(p === 'import' ? 'restore: reading image' : 'restore: restoring processes');
+              phase = p;
+              bar.update(done, total);
+            },
+          });
+          bar.end();
+          ({ record, warnings } = r);
+          if (o.printStats) {
+            printStats(false, {
+              id, total_ms: r.totalMs, import_ms: r.importMs, restore_ms: r.restoreMs, bytes_in: r.bytesIn, bytes_out: r.bytesOut,
+              rootfs_diff: r.rootfs, max_rss_kib: process.resourceUsage().maxRSS,
+            });
+          }
+        } finally {
+          bar.end();
+          undo();
+        }
+      } else {
+        const { restoreContainer } = await import('../container/restore.js');
+        ({ record, warnings } = await restoreContainer(store, id, ro));
+        if (o.printStats) {
+          const { readCriuStats } = await import('../../criu/stats.js');
+          const { resolve } = await import('node:path');
+          printStats(false, { id, total_ms: Date.now() - t0, criu: readCriuStats(resolve(String(o.workPath ?? o.imagePath ?? 'checkpoint'), 'stats-restore')) });
+        }
+      }
       for (const w of warnings) log('warning', w);
       if (o.detach) return 0;
       // foreground, like runc: wait for the restored init, pass signals on, remove the container after
@@ -58,6 +148,18 @@ export function registerCheckpoint(program: Command): void {
       return code;
     }));
 
+  program.command('inspect <image>').description('show what a checkpoint image (.tar.zst) holds and whether it restores here')
+    .option('--json', 'as JSON', false)
+    .action(action(async (file: string, o: { json: boolean }) => {
+      const { inspectImage } = await import('../container/inspect.js');
+      const r = await inspectImage(file);
+      if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      else {
+        const { renderInspect } = await import('./inspect.js');
+        process.stdout.write(renderInspect(r));
+      }
+    }));
+
   program.command('check').description('what checkpoint/restore can do on this host (CRIU, kernel features)')
     .option('--json', 'as JSON', false)
     .action(action(async (o: { json: boolean }, cmd: Command) => {
@@ -68,4 +170,35 @@ export function registerCheckpoint(program: Command): void {
       const bad = items.filter((i) => i.required && !i.ok);
       if (bad.length) throw new TsruncError(`checkpoint/restore cannot work here: ${bad.map((b) => b.name).join(', ')} missing`);
     }));
+}
+
+/** --print-stats: JSON on stdout, or on stderr when stdout carries the image. */
+function printStats(toStderr: boolean, stats: Record<string, unknown>): void {
+  (toStderr ? process.stderr : process.stdout).write(JSON.stringify(stats, null, 2) + '\n');
+}
+
+async function compressLevel(s: string): Promise<number> {
+  const { compressLevelRange } = await import('../image/index.js');
+  const { min, max } = compressLevelRange();
+  const n = Number(s);
+  if (!/^-?\d+$/.test(s) || n < min || n > max || n === 0) throw new TsruncError(`--compress-level ${s}: must be an integer from 1 to ${max} (or negative down to ${min} for faster)`);
+  return n;
+}
+
+function resolveOut(file: string): string {
+  return file.startsWith('/') ? file : `${process.cwd()}/${file}`;
+}
+
+/** Ctrl-C, SIGTERM or SIGHUP mid-operation: undo what is half done, then exit like a killed process. */
+function onSignals(undo: () => void): () => void {
+  const sigs: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  const handler = (sig: NodeJS.Signals) => {
+    undo();
+    log('error', `interrupted by ${sig}: what was half done is undone (a checkpointed container runs on)`);
+    process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1));
+  };
+  for (const s of sigs) process.on(s, handler);
+  return () => {
+    for (const s of sigs) process.off(s, handler);
+  };
 }

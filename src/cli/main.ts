@@ -8,8 +8,8 @@ import { registerInfo } from './info.js';
 import { registerCgroups } from './cgroups.js';
 import { registerCheckpoint } from './checkpoint.js';
 
-export const VERSION = '0.1.0';
-export const SPEC_VERSION = '1.2.0';
+import { VERSION, SPEC_VERSION } from '../version.js';
+export { VERSION, SPEC_VERSION };
 
 export interface Globals {
   root: string;

@@ -1,12 +1,13 @@
 /** checkpoint: CRIU dumps the container's process tree into an image directory, as runc does. */
-import { mkdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { posix, resolve } from 'node:path';
 import { TsruncError } from '../errors.js';
 import { checkDestinationInRoot, newNamespaces, parseMountOptions } from '../init/compile.js';
 import { StateStore, writeFileAtomic, type ContainerRecord } from '../state/store.js';
 import { openCriu } from './criu.js';
 import { destroyContainer } from './delete.js';
-import { CriuError, type CriuCommon } from '../../criu/driver.js';
+import { ROOTFS_SNAPSHOT } from './create.js';
+import { CriuError, type Criu, type CriuCommon } from '../../criu/driver.js';
 
 export interface CheckpointOptions {
   imagePath?: string;
@@ -60,12 +61,17 @@ export interface CheckpointMeta {
   stdio: StdioRecord[];
   externalMounts: ExternalMount[];
   newPidNs: boolean;
+  annotations?: Record<string, string>;
+  /** the tree at checkpoint time (for inspect) */
+  processes?: ProcessInfo[];
 }
 
 export const META_FILE = 'tsrunc-checkpoint.json';
+/** the rootfs snapshot of the container, in a checkpoint directory */
+export const IMAGE_SNAPSHOT = 'tsrunc-rootfs-snapshot.json';
 const NS_NET = 0x40000000;
 
-function stdioOf(pid: number): StdioRecord[] {
+export function stdioOf(pid: number): StdioRecord[] {
   const out: StdioRecord[] = [];
   for (const fd of [0, 1, 2]) {
     let target: string;
@@ -125,56 +131,120 @@ export function criuCommonOptions(o: CheckpointOptions, imagesDir: string, workD
   };
 }
 
+/** What one process of the tree was at checkpoint time, for `inspect`. */
+export interface ProcessInfo {
+  pid: number;
+  /** the pid inside the container's pid namespace */
+  nspid: number;
+  ppid: number;
+  comm: string;
+  args: string[];
+  threads: number;
+}
+
+/** The process tree below init, read from /proc (while frozen, so it holds still). */
+export function processTree(init: number): ProcessInfo[] {
+  const out: ProcessInfo[] = [];
+  const visit = (pid: number, ppid: number) => {
+    let status: string;
+    try {
+      status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    } catch {
+      return;
+    }
+    const field = (k: string) => new RegExp(`^${k}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '';
+    const ns = field('NSpid').split(/\s+/).filter(Boolean);
+    let args: string[] = [];
+    try {
+      args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a, i, all) => a !== '' || i < all.length - 1);
+    } catch {
+      /* gone */
+    }
+    out.push({ pid, nspid: Number(ns[ns.length - 1] ?? pid), ppid, comm: field('Name'), args, threads: Number(field('Threads')) || 1 });
+    const kids = new Set<number>();
+    try {
+      for (const t of readdirSync(`/proc/${pid}/task`)) {
+        for (const c of readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/)) if (c) kids.add(Number(c));
+      }
+    } catch {
+      /* gone */
+    }
+    for (const k of kids) visit(k, pid);
+  };
+  visit(init, 0);
+  return out;
+}
+
+export function parsePageServer(s?: string): { address: string; port: number } | undefined {
+  if (!s) return undefined;
+  const m = /^(.*):(\d+)$/.exec(s);
+  if (!m) throw new TsruncError(`--page-server ${s}: must be ADDRESS:PORT`);
+  return { address: m[1], port: Number(m[2]) };
+}
+
+/**
+ * CRIU dumps the container into imagesDir (its log into workDir). Returns what restore needs
+ * besides CRIU's files; descriptors.json is written as runc does.
+ */
+export function dumpContainer(rec: ContainerRecord, criu: Criu, o: CheckpointOptions, imagesDir: string, workDir: string, leaveRunning: boolean): CheckpointMeta {
+  const stdio = stdioOf(rec.pid);
+  const ext = externalMounts(rec, rec.pid);
+  const processes = processTree(rec.pid);
+  const freezer = rec.cgroupMode === 'v2' ? rec.cgroupPaths[''] : rec.cgroupPaths['freezer'];
+  const pageServer = parsePageServer(o.pageServer);
+  // runc-compatible: what init's fds 0-2 were
+  writeFileAtomic(posix.join(imagesDir, 'descriptors.json'), JSON.stringify(stdio.map((s) => s.target)), 0o644);
+  try {
+    criu.dump({
+      ...criuCommonOptions(o, imagesDir, workDir, o.preDump ? 'pre-dump.log' : 'dump.log'),
+      pid: rec.pid,
+      leaveRunning: leaveRunning || o.preDump,
+      tcpSkipInFlight: o.tcpSkipInFlight,
+      linkRemap: o.linkRemap,
+      freezeCgroup: freezer,
+      parentImages: o.parentPath,
+      trackMem: o.preDump,
+      pageServer,
+      preDump: o.preDump,
+      extMounts: ext.map((e) => [e.key, e.key]),
+      externals: stdio.filter((s) => s.key?.startsWith('file[')).map((s) => s.key!),
+    });
+  } catch (e) {
+    if (e instanceof CriuError) throw new TsruncError(`checkpoint of "${rec.id}": ${e.message}`);
+    throw e;
+  }
+  return {
+    format: 1, id: rec.id, pid: rec.pid, created: rec.created, checkpointed: new Date().toISOString(), bundle: rec.bundle,
+    config: rec.config, cgroupMode: rec.cgroupMode, stdio, externalMounts: ext, newPidNs: newNamespaces(rec.config).has('pid'),
+    annotations: rec.annotations, processes,
+  };
+}
+
+/** Refuses what cannot be checkpointed, before anything is touched. */
+export function checkCheckpointable(store: StateStore, rec: ContainerRecord, criu: Criu, o: CheckpointOptions): void {
+  const status = store.status(rec);
+  if (status !== 'running' && status !== 'paused')
+    throw new TsruncError(`cannot checkpoint container "${rec.id}": it is ${status}, not running`);
+  if (o.preDump && !criu.features().memTrack)
+    throw new TsruncError('--pre-dump needs soft-dirty memory tracking, which this kernel lacks (see "tsrunc check")');
+  if (o.lazyPages) throw new TsruncError('--lazy-pages is not supported yet (post-copy migration comes with "tsrunc migrate")');
+}
+
 export async function checkpointContainer(store: StateStore, id: string, o: CheckpointOptions): Promise<void> {
   const unlock = await store.lock(id);
   try {
     const rec = store.load(id);
-    const status = store.status(rec);
-    if (status !== 'running' && status !== 'paused')
-      throw new TsruncError(`cannot checkpoint container "${id}": it is ${status}, not running`);
     const criu = openCriu(o.criu);
-    if (o.preDump && !criu.features().memTrack)
-      throw new TsruncError('--pre-dump needs soft-dirty memory tracking, which this kernel lacks (see "tsrunc check")');
-    if (o.lazyPages) throw new TsruncError('--lazy-pages is not supported yet (post-copy migration comes with "tsrunc migrate")');
+    checkCheckpointable(store, rec, criu, o);
     const imagesDir = resolve(o.imagePath ?? 'checkpoint');
     const workDir = resolve(o.workPath ?? imagesDir);
     mkdirSync(imagesDir, { recursive: true });
     mkdirSync(workDir, { recursive: true });
-    const stdio = stdioOf(rec.pid);
-    const ext = externalMounts(rec, rec.pid);
-    const freezer = rec.cgroupMode === 'v2' ? rec.cgroupPaths[''] : rec.cgroupPaths['freezer'];
-    let pageServer: { address: string; port: number } | undefined;
-    if (o.pageServer) {
-      const m = /^(.*):(\d+)$/.exec(o.pageServer);
-      if (!m) throw new TsruncError(`--page-server ${o.pageServer}: must be ADDRESS:PORT`);
-      pageServer = { address: m[1], port: Number(m[2]) };
-    }
-    // runc-compatible: what init's fds 0-2 were
-    writeFileAtomic(posix.join(imagesDir, 'descriptors.json'), JSON.stringify(stdio.map((s) => s.target)), 0o644);
-    try {
-      criu.dump({
-        ...criuCommonOptions(o, imagesDir, workDir, o.preDump ? 'pre-dump.log' : 'dump.log'),
-        pid: rec.pid,
-        leaveRunning: o.leaveRunning || o.preDump,
-        tcpSkipInFlight: o.tcpSkipInFlight,
-        linkRemap: o.linkRemap,
-        freezeCgroup: freezer,
-        parentImages: o.parentPath,
-        trackMem: o.preDump,
-        pageServer,
-        preDump: o.preDump,
-        extMounts: ext.map((e) => [e.key, e.key]),
-        externals: stdio.filter((s) => s.key?.startsWith('file[')).map((s) => s.key!),
-      });
-    } catch (e) {
-      if (e instanceof CriuError) throw new TsruncError(`checkpoint of "${id}": ${e.message}`);
-      throw e;
-    }
-    const meta: CheckpointMeta = {
-      format: 1, id, pid: rec.pid, created: rec.created, checkpointed: new Date().toISOString(), bundle: rec.bundle,
-      config: rec.config, cgroupMode: rec.cgroupMode, stdio, externalMounts: ext, newPidNs: newNamespaces(rec.config).has('pid'),
-    };
+    const meta = dumpContainer(rec, criu, o, imagesDir, workDir, o.leaveRunning === true);
     writeFileAtomic(posix.join(imagesDir, META_FILE), JSON.stringify(meta, null, 1), 0o644);
+    // the create-time rootfs snapshot travels with the image, so a restored container can still --export its changes
+    const snap = posix.join(store.dir(id), ROOTFS_SNAPSHOT);
+    if (existsSync(snap)) copyFileSync(snap, posix.join(imagesDir, IMAGE_SNAPSHOT));
     // without --leave-running the container is gone afterwards, as with runc
     if (!o.leaveRunning && !o.preDump) await destroyContainer(store, rec);
   } finally {

@@ -139,6 +139,9 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
     annotations: spec.annotations ?? {}, cgroupMode: cgroups.mode, cgroupPaths: cgroups.paths, config: spec, ready: false,
   };
   const warnings: string[] = [...security.warnings];
+  // a writable rootfs is recorded now, while the container cannot have written to it yet, so that an
+  // exported checkpoint can carry only what changed; it runs alongside the setup
+  const snapshot = spec.root!.readonly ? undefined : takeRootfsSnapshot(rootfs, store.dir(opts.id));
   try {
     cgroups.create();
     warnings.push(...cgroups.set(containerResources(spec)));
@@ -164,6 +167,8 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
         await runHooks('createContainer', spec.hooks?.createContainer, st);
       },
       onReady: async () => {
+        const w = await snapshot;
+        if (w) warnings.push(w);
         record.ready = true;
         store.save(record);
         if (opts.pidFile) writeFileAtomic(resolvePath(opts.pidFile), String(pid), 0o644);
@@ -183,8 +188,23 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
       }
       await waitGone(pid, record.startTime || undefined, 5000);
     }
+    await snapshot;
     await cgroups.destroy().catch(() => {});
     store.remove(opts.id);
     throw e;
+  }
+}
+
+export const ROOTFS_SNAPSHOT = 'rootfs-snapshot.json';
+
+/** The rootfs's lstat facts into the state dir; a failure is only a warning (an export then carries no diff). */
+export async function takeRootfsSnapshot(rootfs: string, stateDir: string): Promise<string | undefined> {
+  try {
+    const { snapshotRootfs } = await import('../image/diff.js');
+    const snap = await snapshotRootfs(rootfs);
+    writeFileAtomic(posix.join(stateDir, ROOTFS_SNAPSHOT), JSON.stringify(snap), 0o600);
+    return undefined;
+  } catch (e) {
+    return `rootfs snapshot of ${rootfs} failed (${(e as Error).message}); a checkpoint export will not carry rootfs changes`;
   }
 }

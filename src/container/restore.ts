@@ -1,5 +1,5 @@
 /** restore: a new container from a checkpoint image directory, with CRIU, as runc does (no create first). */
-import { existsSync, fstatSync, mkdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, rmdirSync } from 'node:fs';
 import { posix, resolve } from 'node:path';
 import { TsruncError } from '../errors.js';
 import { cgroupManager, defaultCgroupsPath, hostHierarchies } from '../cgroups/manager.js';
@@ -8,10 +8,11 @@ import { parseMountOptions } from '../init/compile.js';
 import { procStat, waitGone } from '../linux/proc.js';
 import { bindMount, detach } from '../linux/mount.js';
 import { StateStore, validateId, writeFileAtomic, type ContainerRecord } from '../state/store.js';
+import type { Spec } from '../spec/types.js';
 import { CriuError } from '../../criu/driver.js';
 import { openCriu } from './criu.js';
-import { containerResources, loadBundle } from './create.js';
-import { criuCommonOptions, META_FILE, type CheckpointMeta, type CheckpointOptions } from './checkpoint.js';
+import { containerResources, loadBundle, ROOTFS_SNAPSHOT } from './create.js';
+import { criuCommonOptions, IMAGE_SNAPSHOT, META_FILE, type CheckpointMeta, type CheckpointOptions } from './checkpoint.js';
 
 export interface RestoreOptions extends CheckpointOptions {
   bundle: string;
@@ -25,6 +26,15 @@ export interface RestoreOptions extends CheckpointOptions {
   systemdCgroup?: boolean;
 }
 
+/** The runtime facts of a checkpoint, checked for the fields restore relies on. */
+export function checkMeta(x: unknown, what: string): CheckpointMeta {
+  const m = x as CheckpointMeta;
+  if (typeof x !== 'object' || x === null || m.format !== 1 || !Array.isArray(m.stdio) || !Array.isArray(m.externalMounts)
+    || typeof m.pid !== 'number' || typeof m.config !== 'object' || m.config === null)
+    throw new TsruncError(`${what} has an unknown format`);
+  return m;
+}
+
 export function readCheckpointMeta(imagesDir: string): CheckpointMeta {
   if (!existsSync(imagesDir)) throw new TsruncError(`image path ${imagesDir}: no such directory`);
   const metaPath = posix.join(imagesDir, META_FILE);
@@ -36,17 +46,26 @@ export function readCheckpointMeta(imagesDir: string): CheckpointMeta {
   } catch (e) {
     throw new TsruncError(`image path ${imagesDir}: ${META_FILE} is ${existsSync(metaPath) ? 'damaged' : 'missing'}`);
   }
-  if (meta.format !== 1 || !Array.isArray(meta.stdio) || !Array.isArray(meta.externalMounts))
-    throw new TsruncError(`image path ${imagesDir}: ${META_FILE} has an unknown format`);
-  return meta;
+  return checkMeta(meta, `image path ${imagesDir}: ${META_FILE}`);
 }
 
-export async function restoreContainer(store: StateStore, id: string, o: RestoreOptions): Promise<{ record: ContainerRecord; warnings: string[] }> {
+/** Where restore takes the checkpoint from when it is not runc's --image-path directory. */
+export interface RestoreSource {
+  imagesDir: string;
+  workDir: string;
+  meta: CheckpointMeta;
+  bundle: string;
+  spec: Spec;
+  /** after the id is claimed, before CRIU: the rootfs diff goes in here */
+  beforeCriu?: (rootfs: string, stateDir: string) => Promise<void>;
+}
+
+export async function restoreContainer(store: StateStore, id: string, o: RestoreOptions, from?: RestoreSource): Promise<{ record: ContainerRecord; warnings: string[] }> {
   validateId(id);
-  const imagesDir = resolve(o.imagePath ?? 'checkpoint');
-  const workDir = resolve(o.workPath ?? imagesDir);
-  const meta = readCheckpointMeta(imagesDir);
-  const { bundle, spec } = loadBundle(o.bundle);
+  const imagesDir = from?.imagesDir ?? resolve(o.imagePath ?? 'checkpoint');
+  const workDir = from?.workDir ?? resolve(o.workPath ?? imagesDir);
+  const meta = from?.meta ?? readCheckpointMeta(imagesDir);
+  const { bundle, spec } = from ?? loadBundle(o.bundle);
   if (spec.process?.terminal && !o.consoleSocket) throw new TsruncError('process.terminal: restoring a terminal container needs --console-socket');
   if (o.consoleSocket) throw new TsruncError('--console-socket: terminals are not supported yet');
   // the resources the source had at checkpoint time, updates included
@@ -61,6 +80,7 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
   const unlock = await store.lock(id);
   const criuRoot = posix.join(store.dir(id), 'criu-root');
   let mounted = false;
+  const ownFds: number[] = [];
   const warnings: string[] = [];
   try {
     cgroups.create();
@@ -89,6 +109,12 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
     const cgRoots: [string, string][] = [['', rel(hier[0].name, hier[0].mountpoint)],
       ...hier.filter((h) => h.controllers.length).map((h): [string, string] => [h.controllers.join(','), rel(h.name, h.mountpoint)])];
     const inheritFds: [number, string][] = meta.stdio.filter((s) => s.key).map((s) => {
+      // /dev/null is /dev/null anywhere: restore opens its own (its stdin may be the image itself)
+      if (s.target === '/dev/null') {
+        const fd = openSync('/dev/null', 'r+');
+        ownFds.push(fd);
+        return [fd, s.key!];
+      }
       if (s.mode !== undefined) {
         const mine = fstatSync(s.fd).mode;
         if (mine !== s.mode)
@@ -97,6 +123,9 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
       return [s.fd, s.key!];
     });
 
+    // the last step before CRIU, once every check has passed: an imported rootfs diff goes in
+    await from?.beforeCriu?.(rootfs, store.dir(id));
+    if (!from && existsSync(posix.join(imagesDir, IMAGE_SNAPSHOT))) copyFileSync(posix.join(imagesDir, IMAGE_SNAPSHOT), posix.join(store.dir(id), ROOTFS_SNAPSHOT));
     let pid: number;
     try {
       pid = criu.restore({
@@ -121,6 +150,7 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
     store.remove(id);
     throw e;
   } finally {
+    for (const fd of ownFds) closeSync(fd);
     if (mounted && existsSync(criuRoot)) {
       detach(criuRoot);
       try {

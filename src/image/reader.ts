@@ -41,6 +41,8 @@ export interface ReadImageOptions {
   allowDevices?: boolean;
   /** compressed bytes read so far, decompressed bytes so far */
   onProgress?: (bytesIn: number, bytesOut: number) => void;
+  /** the header, once read and checked (it declares the content size) */
+  onHeader?: (header: ImageHeader) => void;
   /** entries to write into staging (all by default); the others are still read, checked and hashed */
   select?: (path: string) => boolean;
 }
@@ -400,6 +402,7 @@ export async function readImage(opts: ReadImageOptions): Promise<ReadImageResult
         if (index++ === 0) {
           if (name !== HEADER_NAME || h.type !== 'file') throw new TsruncError(`not a tsrunc image: the first entry is ${JSON.stringify(name)}, not ${HEADER_NAME}`);
           header = validateHeader(parseJson(await readSmall(entry, HEADER_MAX, name), 'image header'));
+          opts.onHeader?.(header);
           if (header.contentBytes > maxTotal) {
             throw new TsruncError(`image declares ${formatBytes(header.contentBytes)} of data, over the size limit (${formatBytes(maxTotal)})`);
           }

@@ -27,6 +27,25 @@ export interface ContainerRecord {
 }
 
 const ID_MAX = 255;
+const UNDO_FILE = 'undo.json';
+
+export interface Undo {
+  /** a freezer file and the value that thaws */
+  thaw?: [string, string];
+  /** paths to remove */
+  remove: string[];
+}
+
+export function runUndo(undo: Undo): void {
+  if (undo.thaw) {
+    try {
+      writeFileSync(undo.thaw[0], undo.thaw[1]);
+    } catch {
+      /* the cgroup is gone */
+    }
+  }
+  for (const p of undo.remove ?? []) rmSync(p, { recursive: true, force: true });
+}
 
 export function validateId(id: string): void {
   if (id === '') throw new TsruncError('container id must not be empty');
@@ -109,6 +128,28 @@ export class StateStore {
   }
 
   /**
+   * What to undo if this tsrunc dies mid-operation (a checkpoint export: thaw the container,
+   * remove the scratch dir and the partial image); the next tsrunc that takes the lock does it.
+   */
+  setUndo(id: string, undo: Undo | undefined): void {
+    const path = posix.join(this.dir(id), UNDO_FILE);
+    if (undo) writeFileAtomic(path, JSON.stringify(undo));
+    else rmSync(path, { force: true });
+  }
+
+  runUndo(id: string): void {
+    const path = posix.join(this.dir(id), UNDO_FILE);
+    let undo: Undo;
+    try {
+      undo = JSON.parse(readFileSync(path, 'utf8')) as Undo;
+    } catch {
+      return;
+    }
+    runUndo(undo);
+    rmSync(path, { force: true });
+  }
+
+  /**
    * A per-container lock so two tsrunc calls on one container cannot interleave:
    * an O_EXCL lock file holding the owner's pid; a lock whose owner is dead is taken over.
    */
@@ -136,10 +177,11 @@ export class StateStore {
         continue; // released meanwhile
       }
       if (owner && !isAlive(owner, ownerStart)) {
-        // stale: move it aside atomically so only one taker wins, then retry
+        // stale: move it aside atomically so only one taker wins, undo what the dead owner left half done, retry
         try {
           renameSync(path, `${path}.stale.${process.pid}`);
           rmSync(`${path}.stale.${process.pid}`, { force: true });
+          this.runUndo(id);
         } catch {
           /* someone else took it */
         }
