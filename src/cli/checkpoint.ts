@@ -28,7 +28,7 @@ export function registerCheckpoint(program: Command): void {
     .option('--status-fd <fd>', 'accepted for runc compatibility')
     .option('--pre-dump', 'dump memory only and keep running (needs soft-dirty tracking)', false)
     .option('--export <file>', 'write one .tar.zst image to this file ("-": stdout) instead of an image directory')
-    .option('--compress-level <n>', 'zstd level of --export (default 3)')
+    .option('--compress-level <n>', 'zstd level of --export (default 1; higher is smaller and slower)')
     .option('--print-stats', 'print CRIU\'s and tsrunc\'s timings as JSON', false)
     .action(action(async (id: string, o: Record<string, unknown>, cmd: Command) => {
       const criu = globals(cmd).criu;

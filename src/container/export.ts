@@ -18,7 +18,7 @@ import type { ImageSource } from '../image/index.js';
 import type { CriuStats } from '../../criu/stats.js';
 
 export interface ExportOptions extends CheckpointOptions {
-  /** zstd level (1..19 and more; default 3) */
+  /** zstd level (1..19 and more; default 1) */
   compressLevel?: number;
   /** phases and bytes, for a progress bar */
   onProgress?: (phase: 'dump' | 'write', done: number, total?: number) => void;
@@ -48,6 +48,8 @@ export interface ExportResult {
 }
 
 const MiB = 1024 * 1024;
+/** zstd level 1: as fast as the disk-less pipe wants; the half of memory that compresses still does (pages are not text) */
+export const DEFAULT_LEVEL = 1;
 
 /** The export in progress, so that a signal can undo it: thaw the container, remove the scratch dir and a partial file. */
 let inProgress: Undo | undefined;
@@ -155,7 +157,7 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
       const facts = await image.hostFacts();
       const tWrite = Date.now();
       const written = await image.writeImage({
-        out, sources, compressLevel: o.compressLevel,
+        out, sources, compressLevel: o.compressLevel ?? DEFAULT_LEVEL,
         manifestBase: { containerId: id, tsrunc: VERSION, criu: { version: versionString(criu.version()) }, kernel: facts.kernel, arch: facts.arch, cpu: facts.cpu },
         onProgress: (bytesIn) => o.onProgress?.('write', bytesIn),
       });
