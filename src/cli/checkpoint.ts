@@ -46,23 +46,17 @@ export function registerCheckpoint(program: Command): void {
       }
       const level = o.compressLevel === undefined ? undefined : await compressLevel(String(o.compressLevel));
       const { exportCheckpoint, abortExport } = await import('../container/export.js');
-      const { progress } = await import('./progress.js');
+      const { phasedProgress } = await import('./progress.js');
       const toStdout = o.export === '-';
       if (toStdout && process.stdout.isTTY) throw new TsruncError('--export -: standard output is a terminal; redirect it to a file or a pipe');
-      const bar = progress('checkpoint');
+      const bar = phasedProgress({ dump: 'checkpoint: dumping', write: 'checkpoint: writing image' });
       const undo = onSignals(() => {
         bar.end();
         abortExport();
       });
-      let phase = '';
       try {
         const r = await exportCheckpoint(storeOf(cmd), id, toStdout ? process.stdout : resolveOut(String(o.export)), {
-          ...o, criu, compressLevel: level,
-          onProgress: (p, done, total) => {
-            if (p !== phase) bar.phase(p === 'dump' ? 'checkpoint: dumping' : 'checkpoint: writing image');
-            phase = p;
-            bar.update(done, total);
-          },
+          ...o, criu, compressLevel: level, onProgress: bar.update,
         });
         bar.end();
         for (const w of r.warnings) log('warning', w);
@@ -98,21 +92,15 @@ export function registerCheckpoint(program: Command): void {
       const t0 = Date.now();
       if (o.import) {
         const { importCheckpoint, abortImport } = await import('../container/import.js');
-        const { progress } = await import('./progress.js');
-        const bar = progress('restore');
+        const { phasedProgress } = await import('./progress.js');
+        const bar = phasedProgress({ import: 'restore: reading image', restore: 'restore: restoring processes' });
         const undo = onSignals(() => {
           bar.end();
           abortImport();
         });
-        let phase = '';
         try {
           const r = await importCheckpoint(store, id, {
-            ...ro, import: String(o.import), allowDevices: o.allowDevices === true,
-            onProgress: (p, done, total) => {
-              if (p !== phase) bar.phase(p === 'import' ? 'restore: reading image' : 'restore: restoring processes');
-              phase = p;
-              bar.update(done, total);
-            },
+            ...ro, import: String(o.import), allowDevices: o.allowDevices === true, onProgress: bar.update,
           });
           bar.end();
           ({ record, warnings } = r);

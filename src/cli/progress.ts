@@ -68,3 +68,17 @@ export function progress(label: string, enabled = process.stderr.isTTY === true)
     },
   };
 }
+
+/** A progress line whose label follows the phase each update names. */
+export function phasedProgress<P extends string>(labels: Record<P, string>): { update: (p: P, done: number, total?: number) => void; end: () => void } {
+  const bar = progress(Object.values<string>(labels)[0]);
+  let current: P | undefined;
+  return {
+    update: (p, done, total) => {
+      if (p !== current) bar.phase(labels[p]);
+      current = p;
+      bar.update(done, total);
+    },
+    end: () => bar.end(),
+  };
+}

@@ -156,10 +156,14 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
       if (diff) sources.push({ dir: rec.rootfs, prefix: 'rootfs', kind: 'rootfs', paths: diff.changed, devices: true }, { deleted: diff.deleted });
       const facts = await image.hostFacts();
       const tWrite = Date.now();
+      let total: number | undefined;
       const written = await image.writeImage({
         out, sources, compressLevel: o.compressLevel ?? DEFAULT_LEVEL,
         manifestBase: { containerId: id, tsrunc: VERSION, criu: { version: versionString(criu.version()) }, kernel: facts.kernel, arch: facts.arch, cpu: facts.cpu },
-        onProgress: (bytesIn) => o.onProgress?.('write', bytesIn),
+        onHeader: (h) => {
+          total = h.contentBytes;
+        },
+        onProgress: (bytesIn) => o.onProgress?.('write', bytesIn, total),
       });
       const writeMs = Date.now() - tWrite;
       for (const s of written.skipped) warnings.push(`not in the image: ${s} (sockets and the like cannot be carried)`);

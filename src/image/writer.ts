@@ -56,6 +56,8 @@ export interface WriteImageOptions {
   compressLevel?: number;
   /** zstd worker threads, default os.availableParallelism(); 0 compresses on the main thread */
   workers?: number;
+  /** the header, before the first byte goes out (it declares the content size) */
+  onHeader?: (header: ImageHeader) => void;
   /** uncompressed bytes read so far, compressed bytes written so far */
   onProgress?: (bytesIn: number, bytesOut: number) => void;
 }
@@ -275,6 +277,7 @@ export async function writeImage(opts: WriteImageOptions): Promise<WriteImageRes
     contentBytes: plan.reduce((n, i) => n + i.size, 0),
   };
 
+  opts.onHeader?.(header);
   let bytesIn = 0;
   let bytesOut = 0;
   const progress = () => opts.onProgress?.(bytesIn, bytesOut);
