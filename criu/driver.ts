@@ -19,8 +19,12 @@ export class CriuError extends Error {
 
 /** What CRIU tells the caller while it works (the RPC "notify" messages). */
 export type CriuEvent =
-  | { type: 'pre-dump' | 'post-dump' | 'network-lock' | 'network-unlock' | 'setup-namespaces' | 'post-setup-namespaces' | 'pre-resume' | 'post-resume' | 'status-ready' | 'orphan-pts-master' | 'pre-stream' | 'other'; action: string }
-  | { type: 'post-restore'; action: string; pid: number };
+  | { type: 'pre-dump' | 'post-dump' | 'network-lock' | 'network-unlock' | 'post-setup-namespaces' | 'pre-resume' | 'post-resume' | 'status-ready' | 'pre-stream' | 'other'; action: string }
+  /** the restored tree's root exists with its namespaces, before anything runs: OCI prestart/createRuntime time */
+  | { type: 'setup-namespaces'; action: string; pid: number }
+  | { type: 'post-restore'; action: string; pid: number }
+  /** restore made a new pty pair for a terminal whose master was outside the tree; fd is its master, owned by the receiver */
+  | { type: 'orphan-pts-master'; action: string; fd: number };
 
 export interface CriuCommon {
   imagesDir: string;
@@ -64,6 +68,8 @@ export interface RestoreOptions extends CriuCommon {
   cgRoots?: [string, string][];
   /** fd in this process -> the key CRIU recorded for what the tree had there */
   inheritFds?: [number, string][];
+  /** a pty slave whose master was outside the tree gets a new pair; the master comes as an event */
+  orphanPtsMaster?: boolean;
 }
 
 const CG_MODES = { ignore: 0, soft: 1, full: 2, strict: 3 } as const;
@@ -117,6 +123,7 @@ export class Criu {
   private readonly f: Record<string, Fn> = {};
   private readonly fcntl: Fn;
   private notifyCb: import('koffi').IKoffiRegisteredCallback | undefined;
+  private eventError: unknown;
   private readonly notifyProto: import('koffi').IKoffiCType;
   private readonly featureSize: number;
 
@@ -141,7 +148,7 @@ export class Criu {
       'int criu_add_inherit_fd(int, const char *)', 'int criu_add_external(const char *)', 'void criu_set_empty_ns(int)',
       'int criu_set_page_server_address_port(const char *, int)', 'int criu_set_lsm_profile(const char *)',
       'int criu_set_lsm_mount_context(const char *)', 'int criu_dump(void)', 'int criu_pre_dump(void)', 'int criu_restore_child(void)',
-      'int criu_notify_pid(void *)',
+      'int criu_notify_pid(void *)', 'int criu_get_orphan_pts_master_fd(void)',
     ];
     for (const d of decl) {
       const name = /(criu_\w+)\(/.exec(d)![1];
@@ -196,6 +203,7 @@ export class Criu {
 
   private common(o: CriuCommon, opened: number[]): void {
     this.reset();
+    this.eventError = undefined;
     const img = this.dirFd(o.imagesDir);
     opened.push(img);
     this.f.criu_set_images_dir_fd(img);
@@ -223,10 +231,16 @@ export class Criu {
         const known = ['pre-dump', 'post-dump', 'network-lock', 'network-unlock', 'setup-namespaces', 'post-setup-namespaces',
           'pre-resume', 'post-resume', 'status-ready', 'orphan-pts-master', 'pre-stream'];
         try {
-          if (action === 'post-restore') onEvent({ type: 'post-restore', action, pid: Number(this.f.criu_notify_pid(na)) });
+          if (action === 'post-restore' || action === 'setup-namespaces') onEvent({ type: action, action, pid: Number(this.f.criu_notify_pid(na)) });
+          else if (action === 'orphan-pts-master') {
+            const fd = Number(this.f.criu_get_orphan_pts_master_fd());
+            if (fd < 0) throw new CriuError('CRIU sent no pty master');
+            onEvent({ type: action, action, fd });
+          }
           else onEvent({ type: (known.includes(action) ? action : 'other') as 'other', action });
           return 0;
-        } catch {
+        } catch (e) {
+          this.eventError ??= e; // reported instead of CRIU's "notify failed"
           return -1; // a failing hook makes CRIU abort, as runc's hooks do
         }
       }, this.k.pointer(this.notifyProto));
@@ -249,6 +263,7 @@ export class Criu {
   }
 
   private fail(what: string, ret: number, o: CriuCommon): never {
+    if (this.eventError) throw this.eventError;
     const log = posix.join(o.workDir ?? o.imagesDir, o.logFile);
     const lines = criuErrors(log);
     const why = lines.length ? lines.join('; ') : `libcriu returned ${ret}`;
@@ -281,6 +296,7 @@ export class Criu {
     try {
       this.common(o, opened);
       this.f.criu_set_root(o.root);
+      if (o.orphanPtsMaster) this.f.criu_set_orphan_pts_master(true);
       for (const [ctrl, path] of o.cgRoots ?? []) this.f.criu_add_cg_root(ctrl === '' ? null : ctrl, path);
       for (const [fd, key] of o.inheritFds ?? []) {
         const d = this.inheritable(fd);

@@ -4,7 +4,8 @@ import { posix, resolve } from 'node:path';
 import { TsruncError } from '../errors.js';
 import { checkDestinationInRoot, newNamespaces, parseMountOptions } from '../init/compile.js';
 import { StateStore, writeFileAtomic, type ContainerRecord } from '../state/store.js';
-import { openCriu } from './criu.js';
+import { openCriu, versionString } from './criu.js';
+import { release } from 'node:os';
 import { destroyContainer } from './delete.js';
 import { ROOTFS_SNAPSHOT } from './create.js';
 import { CriuError, type Criu, type CriuCommon } from '../../criu/driver.js';
@@ -38,6 +39,8 @@ export interface StdioRecord {
   key?: string;
   /** st_mode of a file: CRIU accepts only the same kind and mode in its place */
   mode?: number;
+  /** the container's pty slave: CRIU restores it with a new pty pair (orphan-pts-master) */
+  tty?: boolean;
 }
 
 /** A mount CRIU must leave alone: how restore finds its source again. */
@@ -82,7 +85,11 @@ export function stdioOf(pid: number): StdioRecord[] {
     }
     let key: string | undefined;
     if (target.startsWith('pipe:')) key = target;
-    else if (target.startsWith('/')) {
+    else if (/^\/dev\/pts\/\d+$/.test(target)) {
+      // the container's terminal: its master is outside the tree (the console socket's peer holds it)
+      out.push({ fd, target, tty: true });
+      continue;
+    } else if (target.startsWith('/')) {
       // a file of the caller's, outside the container: CRIU dumps it as external and restore hands a new one in
       const mnt = /mnt_id:\s*(\d+)/.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
       const st = statSync(`/proc/${pid}/fd/${fd}`);
@@ -206,10 +213,13 @@ export function dumpContainer(rec: ContainerRecord, criu: Criu, o: CheckpointOpt
       trackMem: o.preDump,
       pageServer,
       preDump: o.preDump,
+      orphanPtsMaster: stdio.some((s) => s.tty),
       extMounts: ext.map((e) => [e.key, e.key]),
       externals: stdio.filter((s) => s.key?.startsWith('file[')).map((s) => s.key!),
     });
   } catch (e) {
+    if (e instanceof CriuError && e.logLines.some((l) => /sockets: Can't get 1:(16|34) opt/.test(l)))
+      throw new TsruncError(`checkpoint of "${rec.id}": CRIU ${versionString(criu.version())} cannot dump the container's TCP/UDP sockets on kernel ${release()} (SO_PASSCRED/SO_PASSSEC); install CRIU >= 4.2 (scripts/setup does)`);
     if (e instanceof CriuError) throw new TsruncError(`checkpoint of "${rec.id}": ${e.message}`);
     throw e;
   }

@@ -38,6 +38,12 @@ export function openCriu(explicit?: string): Criu {
   return criu;
 }
 
+/** Kernels from 6.16 refuse getsockopt(SO_PASSCRED/SO_PASSSEC) on TCP and UDP sockets; CRIU 4.2 copes. */
+export function minimumCriuForSockets(): number {
+  const [maj, min] = kernelVersion();
+  return maj > 6 || (maj === 6 && min >= 16) ? 40200 : 0;
+}
+
 export interface CheckItem {
   name: string;
   ok: boolean;
@@ -63,9 +69,11 @@ function onPath(name: string): boolean {
 export function checkHost(explicit?: string): CheckItem[] {
   const items: CheckItem[] = [];
   let features: { memTrack: boolean; lazyPages: boolean } | undefined;
+  let version = 0;
   try {
     const c = openCriu(explicit);
-    items.push({ name: 'criu', ok: true, detail: `CRIU ${versionString(c.version())} at ${c.binary}`, required: true });
+    version = c.version();
+    items.push({ name: 'criu', ok: true, detail: `CRIU ${versionString(version)} at ${c.binary}`, required: true });
     try {
       features = c.features();
     } catch {
@@ -75,6 +83,12 @@ export function checkHost(explicit?: string): CheckItem[] {
     items.push({ name: 'criu', ok: false, detail: (e as Error).message, fix: 'run scripts/setup, or pass --criu PATH to a CRIU >= 4.1', required: true });
   }
   items.push({ name: 'kernel', ok: true, detail: `Linux ${release()} (needs CRIU >= ${versionString(minimumCriuForKernel())})`, required: true });
+  const sockNeed = minimumCriuForSockets();
+  if (version && sockNeed) {
+    const ok = version >= sockNeed;
+    items.push({ name: 'inet-sockets', ok, detail: ok ? 'TCP/UDP sockets can be dumped' : `CRIU ${versionString(version)} cannot dump TCP/UDP sockets on kernel ${release()} (SO_PASSSEC)`,
+      fix: `CRIU >= ${versionString(sockNeed)} (scripts/setup installs it)`, required: false });
+  }
   const uffd = features ? features.lazyPages : existsSync('/proc/sys/vm/unprivileged_userfaultfd') || existsSync('/dev/userfaultfd');
   items.push({ name: 'userfaultfd', ok: uffd, detail: uffd ? 'present: lazy pages (post-copy) possible' : 'absent: no lazy pages', fix: 'a kernel with CONFIG_USERFAULTFD', required: false });
   const pipeMax = readNum('/proc/sys/fs/pipe-max-size') ?? 0;

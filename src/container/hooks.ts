@@ -1,5 +1,5 @@
 /** Runs OCI hooks from the runtime: the state JSON on stdin, the hook's own env and args, a timeout. */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { TsruncError } from '../errors.js';
 import type { Hook, HookName } from '../spec/types.js';
 
@@ -43,4 +43,28 @@ export async function runHook(kind: HookName, index: number, hook: Hook, state: 
 
 export async function runHooks(kind: HookName, hooks: Hook[] | undefined, state: object): Promise<void> {
   for (const [i, h] of (hooks ?? []).entries()) await runHook(kind, i, h, state);
+}
+
+/**
+ * The same, blocking: for hooks run from inside a CRIU notification (restore's setup-namespaces),
+ * where the event loop is not running.
+ */
+export function runHooksSync(kind: HookName, hooks: Hook[] | undefined, state: object): void {
+  for (const [i, hook] of (hooks ?? []).entries()) {
+    const args = hook.args && hook.args.length > 0 ? hook.args : [hook.path];
+    const where = `hooks.${kind}[${i}] (${hook.path})`;
+    const r = spawnSync(hook.path, args.slice(1), {
+      argv0: args[0],
+      env: Object.fromEntries((hook.env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)])),
+      input: JSON.stringify(state), stdio: ['pipe', 'ignore', 'pipe'], encoding: 'utf8',
+      timeout: hook.timeout ? hook.timeout * 1000 : undefined, killSignal: 'SIGKILL',
+    });
+    if (r.error && (r.error as NodeJS.ErrnoException).code === 'ETIMEDOUT') throw new TsruncError(`${where}: timed out after ${hook.timeout}s`);
+    if (r.error) throw new TsruncError(`${where}: ${r.error.message}`);
+    if (r.status !== 0) {
+      const why = r.signal ? `killed by ${r.signal}` : `exit status ${r.status}`;
+      const msg = (r.stderr ?? '').trim().split('\n').pop();
+      throw new TsruncError(`${where} failed: ${why}${msg ? `: ${msg}` : ''}`);
+    }
+  }
 }

@@ -1,5 +1,5 @@
 /** restore: a new container from a checkpoint image directory, with CRIU, as runc does (no create first). */
-import { closeSync, copyFileSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, rmdirSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import { posix, resolve } from 'node:path';
 import { TsruncError } from '../errors.js';
 import { cgroupManager, defaultCgroupsPath, hostHierarchies } from '../cgroups/manager.js';
@@ -11,6 +11,8 @@ import { StateStore, validateId, writeFileAtomic, type ContainerRecord } from '.
 import type { Spec } from '../spec/types.js';
 import { CriuError } from '../../criu/driver.js';
 import { openCriu } from './criu.js';
+import { runHooksSync } from './hooks.js';
+import { sendFdTo } from '../linux/unixsock.js';
 import { containerResources, loadBundle, ROOTFS_SNAPSHOT } from './create.js';
 import { criuCommonOptions, IMAGE_SNAPSHOT, META_FILE, type CheckpointMeta, type CheckpointOptions } from './checkpoint.js';
 
@@ -66,8 +68,19 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
   const workDir = from?.workDir ?? resolve(o.workPath ?? imagesDir);
   const meta = from?.meta ?? readCheckpointMeta(imagesDir);
   const { bundle, spec } = from ?? loadBundle(o.bundle);
-  if (spec.process?.terminal && !o.consoleSocket) throw new TsruncError('process.terminal: restoring a terminal container needs --console-socket');
-  if (o.consoleSocket) throw new TsruncError('--console-socket: terminals are not supported yet');
+  const tty = meta.stdio.find((s) => s.tty);
+  if (tty && !o.consoleSocket) throw new TsruncError(`the checkpointed container has a terminal (${tty.target}); restoring it needs --console-socket`);
+  if (!tty && o.consoleSocket) throw new TsruncError('--console-socket: the checkpointed container has no terminal');
+  const consoleSocket = o.consoleSocket ? resolve(o.consoleSocket) : undefined;
+  if (consoleSocket) {
+    let st;
+    try {
+      st = statSync(consoleSocket);
+    } catch {
+      throw new TsruncError(`--console-socket ${consoleSocket}: no such socket`);
+    }
+    if (!st.isSocket()) throw new TsruncError(`--console-socket ${consoleSocket}: not a unix socket`);
+  }
   // the resources the source had at checkpoint time, updates included
   const resources = { ...((meta.config.linux?.resources ?? spec.linux?.resources ?? {}) as Resources) };
   spec.linux = { ...(spec.linux ?? {}), resources: resources as Record<string, unknown> };
@@ -132,6 +145,21 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
         // one log per restore: the same image may be restored several times at once
         ...criuCommonOptions(o, imagesDir, workDir, `restore-${id}.log`),
         root: criuRoot, extMounts, cgRoots, inheritFds, lsmProfile: o.lsmProfile, lsmMountContext: o.lsmMountContext,
+        orphanPtsMaster: !!tty,
+        onEvent: (e) => {
+          if (e.type === 'setup-namespaces' && (spec.hooks?.prestart?.length || spec.hooks?.createRuntime?.length)) {
+            // as runc: the tree exists with its namespaces, nothing of it runs yet
+            const state = { ociVersion: '1.0.2-dev', id, pid: e.pid, status: 'creating', bundle, ...(spec.annotations ? { annotations: spec.annotations } : {}) };
+            runHooksSync('prestart', spec.hooks?.prestart, state);
+            runHooksSync('createRuntime', spec.hooks?.createRuntime, state);
+          } else if (e.type === 'orphan-pts-master') {
+            try {
+              sendFdTo(consoleSocket!, e.fd, tty!.target);
+            } finally {
+              closeSync(e.fd);
+            }
+          }
+        },
       });
     } catch (e) {
       if (e instanceof CriuError) throw new TsruncError(`restore of "${id}": ${e.message}`);

@@ -5,7 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import type { Spec } from '../../src/spec/types.js';
-import { TSRUNC, World, cgroupDirs, isOneLineError, mountsMentioning, until } from './helpers.js';
+import { REPO, TSRUNC, World, cgroupDirs, isOneLineError, mountsMentioning, until } from './helpers.js';
 
 const w = new World('ckpt');
 after(() => w.cleanup());
@@ -172,4 +172,94 @@ test('a foreground restore waits for the container, exits 128+signal when it is 
   assert.equal(await code, 137);
   assert.equal(existsSync(posix.join(w.root, 'fg')), false);
   assert.deepEqual(cgroupDirs('tsrunc/fg'), []);
+});
+
+const RECVTTY = posix.join(REPO, 'native', 'build', 'recvtty');
+/** A console-socket listener: its output file and a promise of its exit (when the pty's last holder closes it). */
+async function listen(name: string, send?: string): Promise<{ sock: string; out: string; done: Promise<number> }> {
+  const sock = posix.join(w.dir, `${name}.sock`), out = posix.join(w.dir, `${name}.out`);
+  const rt = spawn('sh', ['-c', 'exec "$@" > "$0"', out, RECVTTY, ...(send ? ['--send', send] : []), sock], { stdio: 'inherit' });
+  const done = new Promise<number>((resolve) => rt.once('exit', (c) => resolve(c ?? 1)));
+  await until('the console socket', () => existsSync(sock));
+  return { sock, out, done };
+}
+
+test('a terminal container is restored with --console-socket: the new pty master goes there, output and input work', async () => {
+  const first = await listen('tty1');
+  const b = w.bundle(['sh', '-c', '(i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; sleep 0.1; done) & while read x; do echo got=$x; done'], (s) => {
+    s.process!.terminal = true;
+  });
+  assert.equal(w.detached(['run', '-d', '--console-socket', first.sock, '--bundle', b, 'tty']).code, 0);
+  await until('counting', () => { try { return count('tty') >= 5; } catch { return false; } });
+  const ck = w.tsrunc(['checkpoint', '--image-path', img('tty'), 'tty']);
+  assert.equal(ck.code, 0, ck.stderr);
+  assert.equal(await first.done, 0, 'the old pty closed with the container');
+  const meta = JSON.parse(readFileSync(posix.join(img('tty'), 'tsrunc-checkpoint.json'), 'utf8'));
+  assert.ok(meta.stdio.every((s: { tty?: boolean }) => s.tty), 'init had the pty on 0, 1 and 2');
+
+  const no = w.detached(['restore', '-d', '--image-path', img('tty'), '--bundle', b, 'tty2']);
+  assert.equal(no.code, 1);
+  assert.ok(isOneLineError(no.stderr), no.stderr);
+  assert.match(no.stderr, /has a terminal \(\/dev\/pts\/\d+\); restoring it needs --console-socket/);
+  const missing = w.detached(['restore', '-d', '--console-socket', posix.join(w.dir, 'nope.sock'), '--image-path', img('tty'), '--bundle', b, 'tty2']);
+  assert.match(missing.stderr, /--console-socket .*nope\.sock: no such socket/);
+  assert.equal(existsSync(posix.join(w.root, 'tty2')), false);
+
+  const second = await listen('tty2', 'after-restore\n');
+  const r = w.detached(['restore', '-d', '--console-socket', second.sock, '--image-path', img('tty'), '--bundle', b, 'tty2']);
+  assert.equal(r.code, 0, r.stderr);
+  const c0 = count('tty2');
+  assert.ok(c0 >= 5, `the counter continues (${c0})`);
+  await until('input typed at the new terminal reaches the restored shell', () => /got=after-restore/.test(readFileSync(second.out, 'utf8')));
+  assert.equal(w.tsrunc(['kill', 'tty2', 'KILL']).code, 0);
+  await until('stopped', () => w.state('tty2').status === 'stopped');
+  assert.equal(w.tsrunc(['delete', 'tty2']).code, 0);
+  assert.equal(await second.done, 0);
+});
+
+test('restore runs prestart and createRuntime hooks at setup-namespaces with the new pid; a failing one aborts the restore cleanly', async () => {
+  const hook = posix.join(w.dir, 'hook.sh'), refuse = posix.join(w.dir, 'refuse');
+  writeFileSync(hook, `#!/bin/sh\n[ -e ${refuse} ] && { echo "refused by the hook" >&2; exit 3; }\ncat > "$1"\n`, { mode: 0o755 });
+  const out = (n: string) => posix.join(w.dir, `hook-${n}.json`);
+  const b = await startCounter('hk', (s) => {
+    s.hooks = { prestart: [{ path: hook, args: ['hook.sh', out('prestart')] }], createRuntime: [{ path: hook, args: ['hook.sh', out('createRuntime')] }] };
+  });
+  assert.equal(w.tsrunc(['checkpoint', '--leave-running', '--image-path', img('hk'), 'hk']).code, 0);
+  rmSync(out('prestart'));
+  rmSync(out('createRuntime'));
+
+  writeFileSync(refuse, '');
+  const bad = w.detached(['restore', '-d', '--image-path', img('hk'), '--bundle', b, 'hk2']);
+  assert.equal(bad.code, 1);
+  assert.ok(isOneLineError(bad.stderr), bad.stderr);
+  assert.match(bad.stderr, /hooks\.prestart\[0\] \(.*hook\.sh\) failed: exit status 3: refused by the hook/);
+  assert.equal(existsSync(posix.join(w.root, 'hk2')), false);
+  assert.deepEqual(cgroupDirs('tsrunc/hk2'), []);
+  assert.deepEqual(mountsMentioning('criu-root'), []);
+  assert.equal(w.state('hk').status, 'running', 'the source is untouched');
+
+  rmSync(refuse);
+  const r = w.detached(['restore', '-d', '--image-path', img('hk'), '--bundle', b, 'hk2']);
+  assert.equal(r.code, 0, r.stderr);
+  for (const kind of ['prestart', 'createRuntime']) {
+    const st = JSON.parse(readFileSync(out(kind), 'utf8'));
+    assert.equal(st.id, 'hk2');
+    assert.equal(st.status, 'creating');
+    assert.equal(st.pid, w.state('hk2').pid, `${kind} saw the restored init's pid`);
+  }
+});
+
+test('a listening TCP socket in the container\'s own network namespace survives checkpoint and restore: connect works after', async () => {
+  const b = w.bundle(['sh', '-c', 'ip link set lo up; echo up > /dev/shm/ready; while true; do nc -l -p 8080 -e echo hello-tcp; done'], (s) => {
+    if (!s.linux!.namespaces!.some((n) => n.type === 'network')) s.linux!.namespaces!.push({ type: 'network' });
+  });
+  assert.equal(w.detached(['run', '-d', '--bundle', b, 'tcp']).code, 0);
+  const ask = (id: string) => w.tsrunc(['exec', id, 'nc', '127.0.0.1', '8080'], { timeout: 10000 });
+  await until('listening', () => ask('tcp').stdout.includes('hello-tcp'));
+  const ck = w.tsrunc(['checkpoint', '--tcp-established', '--image-path', img('tcp'), 'tcp']);
+  assert.equal(ck.code, 0, ck.stderr);
+  const r = w.detached(['restore', '-d', '--tcp-established', '--image-path', img('tcp'), '--bundle', b, 'tcp2']);
+  assert.equal(r.code, 0, r.stderr);
+  await until('the restored listener answers', () => ask('tcp2').stdout.includes('hello-tcp'), 10000);
+  assert.equal(w.tsrunc(['delete', '--force', 'tcp2']).code, 0);
 });
