@@ -338,3 +338,10 @@ export function cgroupManagerFromPaths(mode: CgroupMode, paths: Record<string, s
   const hier = hostHierarchies().filter((h) => h.name in paths);
   return new FsCgroupManager(mode, hier, paths);
 }
+
+/** A cgroup that already holds processes belongs to someone else: restoring into it would mix (and later kill) them. */
+export function refuseBusyCgroup(cgroups: { pids(): number[]; paths: Record<string, string> }): void {
+  const busy = cgroups.pids();
+  if (busy.length)
+    throw new TsruncError(`cgroup ${Object.values(cgroups.paths)[0]} already holds processes (pid ${busy.slice(0, 3).join(', ')}) of another container; give this one its own linux.cgroupsPath`);
+}

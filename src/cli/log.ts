@@ -31,3 +31,19 @@ export function log(level: 'debug' | 'info' | 'warning' | 'error', message: stri
   if (level === 'error') process.stderr.write(`tsrunc: ${msg}\n`);
   else if (!config.file && (level === 'warning' || config.debug)) process.stderr.write(line);
 }
+
+/** A daemon's (serve's) account of what it does: to --log when given, else to stderr, always. */
+export function event(message: string, level: 'info' | 'warning' | 'error' = 'info'): void {
+  const msg = message.replace(/\r?\n/g, '\\n');
+  const time = new Date().toISOString();
+  const line = config.format === 'json' ? JSON.stringify({ level, msg, time }) + '\n' : `time="${time}" level=${level} msg=${JSON.stringify(msg)}\n`;
+  if (config.file) {
+    try {
+      appendFileSync(config.file, line);
+      return;
+    } catch {
+      /* then stderr */
+    }
+  }
+  process.stderr.write(line);
+}

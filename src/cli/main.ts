@@ -7,6 +7,7 @@ import { registerLifecycle } from './lifecycle.js';
 import { registerInfo } from './info.js';
 import { registerCgroups } from './cgroups.js';
 import { registerCheckpoint } from './checkpoint.js';
+import { registerMigrate } from './migrate.js';
 
 import { VERSION, SPEC_VERSION } from '../version.js';
 export { VERSION, SPEC_VERSION };
@@ -89,6 +90,7 @@ export function buildProgram(): Command {
   registerLifecycle(program);
   registerCgroups(program);
   registerCheckpoint(program);
+  registerMigrate(program);
   registerInfo(program);
   return program;
 }

@@ -8,7 +8,7 @@ import type { Spec } from '../spec/types.js';
 import { compileInitPlan, newNamespaces } from '../init/compile.js';
 import { encodePlan, type InitPlan } from '../init/plan.js';
 import { MSG } from '../init/handshake.js';
-import { cgroupManager, defaultCgroupsPath, type CgroupManager } from '../cgroups/manager.js';
+import { cgroupManager, defaultCgroupsPath, refuseBusyCgroup, type CgroupManager } from '../cgroups/manager.js';
 import { DEFAULT_DEVICE_RULES, type Resources } from '../cgroups/resources.js';
 import { StateStore, ociState, validateId, writeFileAtomic, type ContainerRecord } from '../state/store.js';
 import { hasCapability, nofileHardLimit, procStat, waitGone } from '../linux/proc.js';
@@ -126,6 +126,7 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
       nofileHard: nofileHardLimit(), canRaiseRlimits: hasCapability(CAP_SYS_RESOURCE),
       consoleSocket: opts.consoleSocket, seccomp: security.seccomp, lsm: security.lsm,
     });
+    refuseBusyCgroup(cgroups);
     store.claim(opts.id);
     unlock = await store.lock(opts.id);
   } catch (e) {

@@ -22,6 +22,8 @@ export interface ExportOptions extends CheckpointOptions {
   compressLevel?: number;
   /** phases and bytes, for a progress bar */
   onProgress?: (phase: 'dump' | 'write', done: number, total?: number) => void;
+  /** the moment the container was frozen (a migration's downtime starts here) */
+  onFrozen?: () => void;
   /**
    * Called once the image is complete, the container still frozen: true to go on (destroy, or
    * thaw with leaveRunning), false to thaw and keep it. Migration waits here for the destination.
@@ -127,6 +129,7 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
 
     // frozen by us, so CRIU leaves it frozen after the dump: memory and rootfs stay one moment in time
     const tFreeze = Date.now();
+    o.onFrozen?.();
     await cg.freeze();
     let settled = false;
     const resume = async () => {
@@ -192,6 +195,8 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
         rootfs: diff ? { changed: diff.changed.length, deleted: diff.deleted.length } : undefined, warnings,
       };
     } catch (e) {
+      // a migration that cannot tell whether the destination took over leaves the container frozen (paused), neither lost nor doubled
+      if ((e as { keepFrozen?: boolean }).keepFrozen) settled = true;
       await resume();
       throw e;
     }

@@ -2,7 +2,7 @@
 import { closeSync, copyFileSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import { posix, resolve } from 'node:path';
 import { TsruncError } from '../errors.js';
-import { cgroupManager, defaultCgroupsPath, hostHierarchies } from '../cgroups/manager.js';
+import { cgroupManager, defaultCgroupsPath, hostHierarchies, refuseBusyCgroup } from '../cgroups/manager.js';
 import type { Resources } from '../cgroups/resources.js';
 import { parseMountOptions } from '../init/compile.js';
 import { procStat, waitGone } from '../linux/proc.js';
@@ -89,6 +89,7 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
   mkdirSync(workDir, { recursive: true });
 
   const cgroups = cgroupManager(spec.linux.cgroupsPath || defaultCgroupsPath(id), o.systemdCgroup);
+  refuseBusyCgroup(cgroups);
   store.claim(id);
   const unlock = await store.lock(id);
   const criuRoot = posix.join(store.dir(id), 'criu-root');
