@@ -3,7 +3,7 @@
  * image directories and CRIU options; nothing of containers. Heavy (koffi, a native
  * library): import it lazily, only on the checkpoint/restore/check paths.
  */
-import { closeSync, constants, existsSync, openSync, readFileSync, realpathSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { libc, libcFunc } from '../src/linux/libc.js';
 import { delimiter, posix } from 'node:path';
 
@@ -43,6 +43,8 @@ export interface CriuCommon {
   emptyNs?: number;
   autoDedup?: boolean;
   lazyPages?: boolean;
+  /** CRIU writes a byte here when it is ready: a lazy dump's page server listens, a lazy-pages daemon serves */
+  statusFd?: number;
   lsmProfile?: string;
   lsmMountContext?: string;
   onEvent?: (e: CriuEvent) => void;
@@ -159,6 +161,17 @@ export class Criu {
     this.featureSize = this.k.sizeof(features);
     this.notifyProto = this.k.proto('int tsrunc_criu_notify(const char *action, void *na)');
     this.f.criu_set_notify_cb = lib.func('void criu_set_notify_cb(tsrunc_criu_notify *cb)') as Fn;
+    try {
+      // libcriu >= 4.2: a CRIU config file, the only way through libcriu to options it has no setter for (lazy pages)
+      this.f.criu_set_config_file = lib.func('int criu_set_config_file(const char *)') as Fn;
+    } catch {
+      /* an older libcriu: no post-copy */
+    }
+  }
+
+  /** Whether this libcriu can pass lazy-pages (post-copy) options. */
+  get canLazy(): boolean {
+    return this.f.criu_set_config_file !== undefined;
   }
 
   /** CRIU's version as a number: 40101 for 4.1.1. */
@@ -217,7 +230,23 @@ export class Criu {
     if (o.shellJob) this.f.criu_set_shell_job(true);
     if (o.fileLocks) this.f.criu_set_file_locks(true);
     if (o.autoDedup) this.f.criu_set_auto_dedup(true);
-    if (o.lazyPages) throw new CriuError('lazy pages are not available through libcriu 4.1 yet');
+    const config: string[] = [];
+    if (o.lazyPages) {
+      if (!this.canLazy) throw new CriuError('lazy pages need libcriu >= 4.2 (criu_set_config_file); install CRIU >= 4.2');
+      config.push('lazy-pages');
+      const ps = (o as DumpOptions).pageServer;
+      if (ps) config.push(`address ${ps.address}`, `port ${ps.port}`);
+    }
+    if (o.statusFd !== undefined) {
+      const d = this.inheritable(o.statusFd); // CRIU (our forked swrk child) inherits it under the same number
+      opened.push(d);
+      config.push(`status-fd ${d}`);
+    }
+    if (config.length) {
+      const file = posix.join(o.workDir ?? o.imagesDir, `tsrunc-criu-${process.pid}.conf`);
+      writeFileSync(file, config.join('\n') + '\n', { mode: 0o600 });
+      if (Number(this.f.criu_set_config_file(file)) < 0) throw new CriuError(`libcriu refused the config file ${file}`);
+    }
     this.f.criu_set_manage_cgroups(true);
     this.f.criu_set_manage_cgroups_mode(CG_MODES[o.manageCgroupsMode ?? 'soft']);
     for (const [k, v] of o.extMounts ?? []) this.f.criu_add_ext_mount(k, v);
@@ -282,7 +311,8 @@ export class Criu {
       if (o.freezeCgroup) this.f.criu_set_freeze_cgroup(o.freezeCgroup);
       if (o.parentImages) this.f.criu_set_parent_images(o.parentImages);
       if (o.trackMem) this.f.criu_set_track_mem(true);
-      if (o.pageServer) this.f.criu_set_page_server_address_port(o.pageServer.address, o.pageServer.port);
+      // a lazy dump *listens* there for the lazy-pages daemon (CRIU's --address/--port); otherwise it sends its pages to a page server
+      if (o.pageServer && !o.lazyPages) this.f.criu_set_page_server_address_port(o.pageServer.address, o.pageServer.port);
       const r = Number(o.preDump ? this.f.criu_pre_dump() : this.f.criu_dump());
       if (r < 0) this.fail(o.preDump ? 'pre-dump' : 'dump', r, o);
     } finally {

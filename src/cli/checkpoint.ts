@@ -49,7 +49,7 @@ export function registerCheckpoint(program: Command): void {
       const { phasedProgress } = await import('./progress.js');
       const toStdout = o.export === '-';
       if (toStdout && process.stdout.isTTY) throw new TsruncError('--export -: standard output is a terminal; redirect it to a file or a pipe');
-      const bar = phasedProgress({ dump: 'checkpoint: dumping', write: 'checkpoint: writing image' });
+      const bar = phasedProgress({ dump: 'checkpoint: dumping', write: 'checkpoint: writing image', pages: 'checkpoint: memory pages' });
       const undo = onSignals(() => {
         bar.end();
         abortExport();
@@ -84,6 +84,7 @@ export function registerCheckpoint(program: Command): void {
     .option('--lsm-mount-context <context>', 'SELinux mount context for the restored mounts')
     .option('--import <file>', 'restore from one .tar.zst image (from "checkpoint --export"; "-": stdin)')
     .option('--allow-devices', 'accept device nodes and setuid files in an imported rootfs diff', false)
+    .option('--page-server <address:port>', 'with --import and --lazy-pages: the CRIU page server the memory comes from (post-copy)')
     .option('--print-stats', 'print CRIU\'s and tsrunc\'s timings as JSON', false)
     .action(action(async (id: string, o: Record<string, unknown>, cmd: Command) => {
       const store = storeOf(cmd);
@@ -99,8 +100,26 @@ export function registerCheckpoint(program: Command): void {
           abortImport();
         });
         try {
+          let lazyPageServer;
+          if (o.lazyPages) {
+            if (!o.pageServer) throw new TsruncError('--lazy-pages with --import needs --page-server ADDR:PORT (where the memory is served)');
+            const { parsePageServer } = await import('../container/checkpoint.js');
+            lazyPageServer = parsePageServer(String(o.pageServer));
+          }
+          const readyFd = process.env.TSRUNC_READY_FD ? Number(process.env.TSRUNC_READY_FD) : undefined;
+          const { writeSync } = await import('node:fs');
           const r = await importCheckpoint(store, id, {
-            ...ro, import: String(o.import), allowDevices: o.allowDevices === true, onProgress: bar.update,
+            ...ro, import: String(o.import), allowDevices: o.allowDevices === true, onProgress: bar.update, lazyPageServer,
+            onRunning: (pid) => {
+              // for serve: the container runs (its pages may still be on their way)
+              if (readyFd !== undefined) {
+                try {
+                  writeSync(readyFd, `running ${pid}\n`);
+                } catch {
+                  /* nobody listens */
+                }
+              }
+            },
           });
           bar.end();
           ({ record, warnings } = r);
@@ -134,6 +153,21 @@ export function registerCheckpoint(program: Command): void {
       const { deleteContainer } = await import('../container/delete.js');
       await deleteContainer(store, id, true);
       return code;
+    }));
+
+  // internal: a CRIU dump that outlives the caller's event loop (a lazy dump serves pages until the destination has them all)
+  program.command('__criu-dump <options-file>', { hidden: true })
+    .action(action(async (file: string, _o: unknown, cmd: Command) => {
+      const { readFileSync } = await import('node:fs');
+      const { openCriu } = await import('../container/criu.js');
+      const { dumpError } = await import('../container/checkpoint.js');
+      const { id, dump } = JSON.parse(readFileSync(file, 'utf8'));
+      const criu = openCriu(globals(cmd).criu);
+      try {
+        criu.dump(dump);
+      } catch (e) {
+        throw dumpError(id, e, () => criu.version());
+      }
     }));
 
   program.command('inspect <image>').description('show what a checkpoint image (.tar.zst) holds and whether it restores here')

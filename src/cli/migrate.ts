@@ -37,7 +37,7 @@ export function registerMigrate(program: Command): void {
       const { migrateContainer } = await import('../migrate/migrate.js');
       const { abortExport } = await import('../container/export.js');
       const { phasedProgress } = await import('./progress.js');
-      const bar = phasedProgress({ dump: 'migrate: dumping', write: 'migrate: sending' });
+      const bar = phasedProgress({ dump: 'migrate: dumping', write: 'migrate: sending', pages: 'migrate: memory pages' });
       const sigs: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
       const handler = (sig: NodeJS.Signals) => {
         bar.end();
@@ -54,8 +54,14 @@ export function registerMigrate(program: Command): void {
         bar.end();
         for (const w of r.warnings) log('warning', w);
         const mib = (r.bytesSent / 1048576).toFixed(1);
-        process.stderr.write(`migrated "${id}" to ${r.destination} as "${r.id}"${r.destPid ? ` (pid ${r.destPid})` : ''}: downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${mib} MiB sent${o.keepSource ? '; the source runs on' : ''}\n`);
-        if (o.printStats) process.stdout.write(JSON.stringify({ id: r.id, destination: r.destination, downtime_ms: r.downtimeMs, total_ms: r.totalMs, bytes_sent: r.bytesSent, phases: r.phases, destination_stats: r.destStats }, null, 2) + '\n');
+        process.stderr.write(`migrated "${id}" to ${r.destination} as "${r.id}"${r.destPid ? ` (pid ${r.destPid})` : ''} by ${r.strategy}: downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${mib} MiB sent${o.keepSource ? '; the source runs on' : ''}\n`);
+        if (o.printStats) {
+          process.stdout.write(JSON.stringify({
+            id: r.id, destination: r.destination, strategy: r.strategy, downtime_ms: r.downtimeMs, total_ms: r.totalMs, bytes_sent: r.bytesSent,
+            image_bytes: r.imageBytes, page_bytes: r.pageBytes, page_bytes_after_running: r.pageBytesAfterRunning,
+            phases: r.phases, destination_stats: r.destStats, max_rss_kib: process.resourceUsage().maxRSS,
+          }, null, 2) + '\n');
+        }
       } finally {
         bar.end();
         for (const s of sigs) process.off(s, handler);

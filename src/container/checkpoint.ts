@@ -8,7 +8,7 @@ import { openCriu, versionString } from './criu.js';
 import { release } from 'node:os';
 import { destroyContainer } from './delete.js';
 import { ROOTFS_SNAPSHOT } from './create.js';
-import { CriuError, type Criu, type CriuCommon } from '../../criu/driver.js';
+import { CriuError, type Criu, type CriuCommon, type DumpOptions } from '../../criu/driver.js';
 
 export interface CheckpointOptions {
   imagePath?: string;
@@ -190,10 +190,10 @@ export function parsePageServer(s?: string): { address: string; port: number } |
 }
 
 /**
- * CRIU dumps the container into imagesDir (its log into workDir). Returns what restore needs
- * besides CRIU's files; descriptors.json is written as runc does.
+ * What to tell CRIU to dump the container into imagesDir (its log into workDir), and what restore
+ * needs besides CRIU's files; descriptors.json is written as runc does.
  */
-export function dumpContainer(rec: ContainerRecord, criu: Criu, o: CheckpointOptions, imagesDir: string, workDir: string, leaveRunning: boolean): CheckpointMeta {
+export function dumpPlan(rec: ContainerRecord, o: CheckpointOptions, imagesDir: string, workDir: string, leaveRunning: boolean): { dump: DumpOptions; meta: CheckpointMeta } {
   const stdio = stdioOf(rec.pid);
   const ext = externalMounts(rec, rec.pid);
   const processes = processTree(rec.pid);
@@ -201,33 +201,55 @@ export function dumpContainer(rec: ContainerRecord, criu: Criu, o: CheckpointOpt
   const pageServer = parsePageServer(o.pageServer);
   // runc-compatible: what init's fds 0-2 were
   writeFileAtomic(posix.join(imagesDir, 'descriptors.json'), JSON.stringify(stdio.map((s) => s.target)), 0o644);
-  try {
-    criu.dump({
-      ...criuCommonOptions(o, imagesDir, workDir, o.preDump ? 'pre-dump.log' : 'dump.log'),
-      pid: rec.pid,
-      leaveRunning: leaveRunning || o.preDump,
-      tcpSkipInFlight: o.tcpSkipInFlight,
-      linkRemap: o.linkRemap,
-      freezeCgroup: freezer,
-      parentImages: o.parentPath,
-      trackMem: o.preDump,
-      pageServer,
-      preDump: o.preDump,
-      orphanPtsMaster: stdio.some((s) => s.tty),
-      extMounts: ext.map((e) => [e.key, e.key]),
-      externals: stdio.filter((s) => s.key?.startsWith('file[')).map((s) => s.key!),
-    });
-  } catch (e) {
-    if (e instanceof CriuError && e.logLines.some((l) => /sockets: Can't get 1:(16|34) opt/.test(l)))
-      throw new TsruncError(`checkpoint of "${rec.id}": CRIU ${versionString(criu.version())} cannot dump the container's TCP/UDP sockets on kernel ${release()} (SO_PASSCRED/SO_PASSSEC); install CRIU >= 4.2 (scripts/setup does)`);
-    if (e instanceof CriuError) throw new TsruncError(`checkpoint of "${rec.id}": ${e.message}`);
-    throw e;
-  }
-  return {
+  const dump: DumpOptions = {
+    ...criuCommonOptions(o, imagesDir, workDir, o.preDump ? 'pre-dump.log' : 'dump.log'),
+    pid: rec.pid,
+    leaveRunning: leaveRunning || o.preDump,
+    tcpSkipInFlight: o.tcpSkipInFlight,
+    linkRemap: o.linkRemap,
+    freezeCgroup: freezer,
+    parentImages: o.parentPath,
+    trackMem: o.preDump,
+    pageServer,
+    preDump: o.preDump,
+    orphanPtsMaster: stdio.some((s) => s.tty),
+    extMounts: ext.map((e) => [e.key, e.key]),
+    externals: stdio.filter((s) => s.key?.startsWith('file[')).map((s) => s.key!),
+  };
+  const meta: CheckpointMeta = {
     format: 1, id: rec.id, pid: rec.pid, created: rec.created, checkpointed: new Date().toISOString(), bundle: rec.bundle,
     config: rec.config, cgroupMode: rec.cgroupMode, stdio, externalMounts: ext, newPidNs: newNamespaces(rec.config).has('pid'),
     annotations: rec.annotations, processes,
   };
+  return { dump, meta };
+}
+
+/** CRIU's failure as the user should read it. */
+export function dumpError(id: string, e: unknown, criuVersion: () => number): unknown {
+  if (e instanceof CriuError && e.logLines.some((l) => /sockets: Can't get 1:(16|34) opt/.test(l)))
+    return new TsruncError(`checkpoint of "${id}": CRIU ${versionString(criuVersion())} cannot dump the container's TCP/UDP sockets on kernel ${release()} (SO_PASSCRED/SO_PASSSEC); install CRIU >= 4.2 (scripts/setup does)`);
+  if (e instanceof CriuError) return new TsruncError(`checkpoint of "${id}": ${e.message}`);
+  return e;
+}
+
+/** CRIU dumps the container (see dumpPlan). */
+export function dumpContainer(rec: ContainerRecord, criu: Criu, o: CheckpointOptions, imagesDir: string, workDir: string, leaveRunning: boolean): CheckpointMeta {
+  const { dump, meta } = dumpPlan(rec, o, imagesDir, workDir, leaveRunning);
+  try {
+    criu.dump(dump);
+  } catch (e) {
+    throw dumpError(rec.id, e, () => criu.version());
+  }
+  return meta;
+}
+
+/** Lazy pages (post-copy) work here? CRIU >= 4.2's libcriu, userfaultfd, and pipes of 4 MiB. */
+export function checkLazy(criu: Criu): void {
+  if (!criu.canLazy) throw new TsruncError(`lazy pages (post-copy) need CRIU >= 4.2 (its libcriu passes the option); this is CRIU ${versionString(criu.version())}`);
+  if (!criu.features().lazyPages) throw new TsruncError('lazy pages (post-copy) need userfaultfd, which this kernel lacks (see "tsrunc check")');
+  const max = Number(readFileSync('/proc/sys/fs/pipe-max-size', 'utf8').trim());
+  if (max < 4194304)
+    throw new TsruncError(`lazy pages (post-copy) need fs.pipe-max-size >= 4194304 (CRIU grows its page pipes to 4 MiB; it is ${max} here): run "sysctl -w fs.pipe-max-size=4194304"`);
 }
 
 /** Refuses what cannot be checkpointed, before anything is touched. */
@@ -237,7 +259,7 @@ export function checkCheckpointable(store: StateStore, rec: ContainerRecord, cri
     throw new TsruncError(`cannot checkpoint container "${rec.id}": it is ${status}, not running`);
   if (o.preDump && !criu.features().memTrack)
     throw new TsruncError('--pre-dump needs soft-dirty memory tracking, which this kernel lacks (see "tsrunc check")');
-  if (o.lazyPages) throw new TsruncError('--lazy-pages is not supported yet (post-copy migration comes with "tsrunc migrate")');
+  if (o.lazyPages) checkLazy(criu);
 }
 
 export async function checkpointContainer(store: StateStore, id: string, o: CheckpointOptions): Promise<void> {

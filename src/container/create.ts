@@ -126,6 +126,7 @@ export async function createContainer(store: StateStore, opts: CreateOptions): P
       nofileHard: nofileHardLimit(), canRaiseRlimits: hasCapability(CAP_SYS_RESOURCE),
       consoleSocket: opts.consoleSocket, seccomp: security.seccomp, lsm: security.lsm,
     });
+    store.checkFree(opts.id);
     refuseBusyCgroup(cgroups);
     store.claim(opts.id);
     unlock = await store.lock(opts.id);

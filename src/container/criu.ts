@@ -19,7 +19,17 @@ export function minimumCriuForKernel(): number {
   return maj > 6 || (maj === 6 && min >= 13) ? 40100 : 31500;
 }
 
+const opened = new Map<string, Criu>();
+
+/** The CRIU to use, checked once per process (koffi's types are declared once). */
 export function openCriu(explicit?: string): Criu {
+  const key = explicit ?? '';
+  let c = opened.get(key);
+  if (!c) opened.set(key, (c = openCriuOnce(explicit)));
+  return c;
+}
+
+function openCriuOnce(explicit?: string): Criu {
   const bin = findCriu(explicit);
   if (!bin) throw new TsruncError(explicit ? `--criu ${explicit}: no such file` : 'CRIU not found on PATH; install CRIU >= 4.1 (scripts/setup does) or pass --criu PATH');
   const lib = findLibcriu(bin);

@@ -9,10 +9,12 @@ import { posix, resolve } from 'node:path';
 import { TsruncError } from '../errors.js';
 import { cgroupManagerFromPaths } from '../cgroups/manager.js';
 import { StateStore, runUndo, type ContainerRecord, type Undo } from '../state/store.js';
-import { VERSION } from '../version.js';
+import { VERSION, selfCommand } from '../version.js';
 import { openCriu, versionString } from './criu.js';
 import { destroyContainer } from './delete.js';
-import { checkCheckpointable, dumpContainer, type CheckpointOptions } from './checkpoint.js';
+import { checkCheckpointable, checkLazy, dumpContainer, dumpPlan, type CheckpointMeta, type CheckpointOptions } from './checkpoint.js';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { ROOTFS_SNAPSHOT } from './create.js';
 import type { ImageSource } from '../image/index.js';
 import type { CriuStats } from '../../criu/stats.js';
@@ -21,9 +23,14 @@ export interface ExportOptions extends CheckpointOptions {
   /** zstd level (1..19 and more; default 1) */
   compressLevel?: number;
   /** phases and bytes, for a progress bar */
-  onProgress?: (phase: 'dump' | 'write', done: number, total?: number) => void;
+  onProgress?: (phase: 'dump' | 'write' | 'pages', done: number, total?: number) => void;
   /** the moment the container was frozen (a migration's downtime starts here) */
   onFrozen?: () => void;
+  /**
+   * post-copy: CRIU dumps all but the memory, serves the memory on 127.0.0.1:port (a lazy dump,
+   * in a process of its own) until the destination has fetched every page; export returns then
+   */
+  lazy?: { port: number };
   /**
    * Called once the image is complete, the container still frozen: true to go on (destroy, or
    * thaw with leaveRunning), false to thaw and keep it. Migration waits here for the destination.
@@ -132,13 +139,19 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
     o.onFrozen?.();
     await cg.freeze();
     let settled = false;
+    let lazy: LazyDump | undefined;
     const resume = async () => {
       if (!settled && !wasPaused) await cg.thaw().catch(() => {});
       settled = true;
     };
     try {
       o.onProgress?.('dump', 0);
-      const meta = dumpContainer(rec, criu, o, imagesDir, scratch.dir, true);
+      let meta;
+      if (o.lazy) {
+        checkLazy(criu);
+        lazy = await startLazyDump(store, rec, o, imagesDir, scratch.dir, o.lazy.port);
+        meta = lazy.meta;
+      } else meta = dumpContainer(rec, criu, o, imagesDir, scratch.dir, true);
       const dumpMs = Date.now() - tFreeze;
       const stats = readCriuStats(posix.join(scratch.dir, 'stats-dump')) ?? readCriuStats(posix.join(imagesDir, 'stats-dump'));
 
@@ -176,6 +189,15 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
         await resume();
         throw new TsruncError(`checkpoint of "${id}" was not confirmed; the container runs on`);
       }
+      if (lazy) {
+        // post-copy: the destination runs; the source's memory goes on being served until all of it is there
+        const why = await lazy.done;
+        if (why) {
+          settled = true; // the destination has run on its own: thawing the source now would make two diverging copies
+          throw Object.assign(new TsruncError(`post-copy of "${id}": the page transfer failed (${why}); the destination's copy cannot be complete. The source is left frozen (paused): "tsrunc resume ${id}" brings it back`), { keepFrozen: true });
+        }
+        o.onProgress?.('pages', 1, 1);
+      }
       if (o.leaveRunning) await resume();
       else {
         // killed while still frozen, so not one more instruction runs after the image was taken
@@ -195,6 +217,7 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
         rootfs: diff ? { changed: diff.changed.length, deleted: diff.deleted.length } : undefined, warnings,
       };
     } catch (e) {
+      lazy?.kill();
       // a migration that cannot tell whether the destination took over leaves the container frozen (paused), neither lost nor doubled
       if ((e as { keepFrozen?: boolean }).keepFrozen) settled = true;
       await resume();
@@ -203,7 +226,57 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
   } finally {
     inProgress = undefined;
     if (store.exists(id)) store.setUndo(id, undefined);
-    if (scratch) rmSync(scratch.dir, { recursive: true, force: true });
+    // TSRUNC_KEEP_WORK=1 keeps CRIU's logs of a failed run for a post-mortem
+    if (scratch && !process.env.TSRUNC_KEEP_WORK) rmSync(scratch.dir, { recursive: true, force: true });
     unlock();
   }
+}
+
+interface LazyDump {
+  meta: CheckpointMeta;
+  /** resolves when CRIU has served every page: undefined when all went well, else why not */
+  done: Promise<string | undefined>;
+  kill: () => void;
+}
+
+/**
+ * A lazy dump in a tsrunc process of its own (libcriu blocks its caller until the last page is
+ * fetched): resolves once CRIU's page server listens (its status fd), i.e. once the image
+ * directory holds everything but the memory.
+ */
+async function startLazyDump(store: StateStore, rec: ContainerRecord, o: ExportOptions, imagesDir: string, workDir: string, port: number): Promise<LazyDump> {
+  const { dump, meta } = dumpPlan(rec, o, imagesDir, workDir, true);
+  dump.lazyPages = true;
+  dump.pageServer = { address: '127.0.0.1', port };
+  dump.statusFd = 3;
+  const file = posix.join(workDir, 'tsrunc-lazy-dump.json');
+  writeFileSync(file, JSON.stringify({ id: rec.id, dump }), { mode: 0o600 });
+  const [node, bin] = selfCommand();
+  const child = spawn(node, [bin, '--root', store.root, ...(o.criu ? ['--criu', o.criu] : []), '__criu-dump', file], {
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'], detached: true,
+  });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    if (err.length < 8192) err += d.toString();
+  });
+  const exited = new Promise<string | undefined>((res) => child.on('close', (code, sig) => {
+    const last = err.trim().split('\n').filter(Boolean).pop()?.replace(/^tsrunc: /, '');
+    res(code === 0 ? undefined : last || `the lazy dump ended with ${sig ?? `status ${code}`}`);
+  }));
+  const kill = () => {
+    try {
+      process.kill(-child.pid!, 'SIGKILL'); // CRIU's swrk is in its group too
+    } catch {
+      /* gone */
+    }
+  };
+  const ready = await new Promise<string | undefined>((res) => {
+    (child.stdio[3] as NodeJS.ReadableStream).once('data', () => res(undefined));
+    void exited.then((why) => res(why ?? 'the lazy dump ended before its page server was ready'));
+  });
+  if (ready) {
+    kill();
+    throw new TsruncError(ready);
+  }
+  return { meta, done: exited, kill };
 }

@@ -12,6 +12,7 @@ import { StateStore, validateId, type ContainerRecord } from '../state/store.js'
 import { loadBundle, takeRootfsSnapshot } from './create.js';
 import { freeBytes, scratchDir } from './export.js';
 import { checkMeta, restoreContainer, type RestoreOptions } from './restore.js';
+import { deleteContainer } from './delete.js';
 import type { Manifest } from '../image/index.js';
 
 export interface ImportOptions extends RestoreOptions {
@@ -23,6 +24,13 @@ export interface ImportOptions extends RestoreOptions {
   onProgress?: (phase: 'import' | 'restore', done: number, total?: number) => void;
   /** the input, when not a file or stdin (migration) */
   input?: NodeJS.ReadableStream;
+  /**
+   * post-copy: the memory is not in the image; a CRIU lazy-pages daemon fetches it from this
+   * page server while the container already runs. Import returns once every page is there.
+   */
+  lazyPageServer?: { address: string; port: number };
+  /** the container runs (before its pages are all there, with lazyPageServer) */
+  onRunning?: (pid: number) => void;
 }
 
 export interface ImportResult {
@@ -120,8 +128,10 @@ export async function importCheckpoint(store: StateStore, id: string, o: ImportO
     const { bundle, spec } = bundleOf(bundleDir, staging);
     let applied: { copied: number; deleted: number } | undefined;
     o.onProgress?.('restore', 0);
-    const { record, warnings } = await restoreContainer(store, id, o, {
-      imagesDir: posix.join(staging, 'criu'), workDir: staging, meta, bundle, spec,
+    let daemon: LazyDaemon | undefined;
+    const imagesDir = posix.join(staging, 'criu');
+    const restored = restoreContainer(store, id, { ...o, lazyPages: o.lazyPageServer !== undefined }, {
+      imagesDir, workDir: staging, meta, bundle, spec,
       beforeCriu: async (rootfs, stateDir) => {
         // the snapshot of the rootfs as the bundle brought it: a later export then carries these changes too
         const w = spec.root?.readonly ? undefined : await takeRootfsSnapshot(rootfs, stateDir);
@@ -131,8 +141,25 @@ export async function importCheckpoint(store: StateStore, id: string, o: ImportO
           mkdirSync(stagedRootfs, { recursive: true });
           applied = await image.applyRootfsDiff(stagedRootfs, manifest.rootfsDiff.deleted, rootfs);
         }
+        if (o.lazyPageServer) daemon = await startLazyDaemon(o, imagesDir, staging, o.lazyPageServer);
       },
     });
+    let record: ContainerRecord, warnings: string[];
+    try {
+      ({ record, warnings } = await restored);
+    } catch (e) {
+      daemon?.kill();
+      throw e;
+    }
+    o.onRunning?.(record.pid);
+    if (daemon) {
+      const why = await daemon.done;
+      if (why) {
+        // a container missing pages faults on them: it must not run on as if whole
+        await deleteContainer(store, id, true).catch(() => {});
+        throw new TsruncError(`post-copy restore of "${id}": the lazy pages did not all arrive (${why}); the container is deleted`);
+      }
+    }
     return {
       record, warnings, manifest, bytesIn: read.bytesIn, bytesOut: read.bytesOut, importMs, restoreMs: Date.now() - tRestore,
       totalMs: Date.now() - t0, rootfs: applied,
@@ -141,4 +168,44 @@ export async function importCheckpoint(store: StateStore, id: string, o: ImportO
     staged = undefined;
     rmSync(scratch.dir, { recursive: true, force: true });
   }
+}
+
+interface LazyDaemon {
+  /** undefined when every page arrived, else why not */
+  done: Promise<string | undefined>;
+  kill: () => void;
+}
+
+/** CRIU's lazy-pages daemon for the staged images: ready (its status fd) before the restore starts. */
+async function startLazyDaemon(o: ImportOptions, imagesDir: string, workDir: string, ps: { address: string; port: number }): Promise<LazyDaemon> {
+  const { spawn } = await import('node:child_process');
+  const { openCriu } = await import('./criu.js');
+  const { criuErrors } = await import('../../criu/driver.js');
+  const criu = openCriu(o.criu);
+  // the daemon has no RPC form in CRIU: it is started as CRIU's own command
+  const child = spawn(criu.binary, ['lazy-pages', '--page-server', '--address', ps.address, '--port', String(ps.port),
+    '--images-dir', imagesDir, '--work-dir', workDir, '--log-file', 'lazy-pages.log', '-v4', '--status-fd', '3'], {
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'], detached: true,
+    env: { ...process.env, CRIU_FAULT: process.env.CRIU_FAULT ?? '130' },
+  });
+  const log = posix.join(workDir, 'lazy-pages.log');
+  const done = new Promise<string | undefined>((res) => child.on('close', (code, sig) => {
+    res(code === 0 ? undefined : criuErrors(log).join('; ') || `CRIU lazy-pages ended with ${sig ?? `status ${code}`}`);
+  }));
+  const kill = () => {
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  };
+  const ready = await new Promise<string | undefined>((res) => {
+    (child.stdio[3] as NodeJS.ReadableStream).once('data', () => res(undefined));
+    void done.then((why) => res(why ?? 'CRIU lazy-pages ended before it was ready'));
+  });
+  if (ready) {
+    kill();
+    throw new TsruncError(`post-copy: CRIU's lazy-pages daemon did not start: ${ready}`);
+  }
+  return { done, kill };
 }

@@ -89,7 +89,8 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
   mkdirSync(workDir, { recursive: true });
 
   const cgroups = cgroupManager(spec.linux.cgroupsPath || defaultCgroupsPath(id), o.systemdCgroup);
-  refuseBusyCgroup(cgroups);
+  store.checkFree(id);
+    refuseBusyCgroup(cgroups);
   store.claim(id);
   const unlock = await store.lock(id);
   const criuRoot = posix.join(store.dir(id), 'criu-root');

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { TsruncError } from '../errors.js';
 import { StateStore, validateId } from '../state/store.js';
 import type { CheckpointOptions } from '../container/checkpoint.js';
-import { FrameReader, FrameWriter, PROTOCOL_VERSION, ProtocolError, mac, macEqual, nonce, readKeyFile, sessionKey } from './protocol.js';
+import { Demux, FrameReader, FrameWriter, PROTOCOL_VERSION, Tunnel, ProtocolError, mac, macEqual, nonce, readKeyFile, sessionKey } from './protocol.js';
 
 export interface MigrateOptions extends CheckpointOptions {
   strategy?: 'stop-copy' | 'post-copy';
@@ -30,7 +30,7 @@ export interface MigrateOptions extends CheckpointOptions {
   destTsrunc?: string;
   /** how long to wait for the destination's answers (ms) */
   timeoutMs?: number;
-  onProgress?: (phase: 'dump' | 'write', done: number, total?: number) => void;
+  onProgress?: (phase: 'dump' | 'write' | 'pages', done: number, total?: number) => void;
 }
 
 export interface MigrateResult {
@@ -44,6 +44,12 @@ export interface MigrateResult {
   phases: Record<string, number>;
   destStats?: Record<string, unknown>;
   warnings: string[];
+  strategy: 'stop-copy' | 'post-copy';
+  /** bytes of the image (framed) */
+  imageBytes: number;
+  /** post-copy: bytes of memory pages served through the tunnel, in all and after the destination ran */
+  pageBytes?: number;
+  pageBytesAfterRunning?: number;
 }
 
 export type Destination =
@@ -150,7 +156,8 @@ export async function migrateContainer(store: StateStore, id: string, dest: stri
   const d = parseDestination(dest);
   const newId = o.newId ?? id;
   validateId(newId);
-  if (o.strategy === 'post-copy') throw new TsruncError('--strategy post-copy is not available yet; use stop-copy (the default)');
+  const post = o.strategy === 'post-copy';
+  if (post && o.keepSource) throw new TsruncError('--keep-source cannot be combined with --strategy post-copy (the memory moves; nothing is left to keep)');
   const timeoutMs = o.timeoutMs ?? 120000;
   // what cannot move is refused before anything is frozen or sent
   const rec = store.load(id);
@@ -160,6 +167,13 @@ export async function migrateContainer(store: StateStore, id: string, dest: stri
   const foreign = stdioOf(rec.pid).find((s) => s.target !== '/dev/null');
   if (foreign) throw new TsruncError(`cannot migrate container "${id}": its fd ${foreign.fd} is ${foreign.target}, which does not exist on another host (start it with /dev/null or files inside the container)`);
   const key = o.keyFile ? await readKeyFile(o.keyFile) : undefined;
+  let pagePort = 0;
+  if (post) {
+    const { openCriu } = await import('../container/criu.js');
+    const { checkLazy } = await import('../container/checkpoint.js');
+    checkLazy(openCriu(o.criu));
+    pagePort = await freePort();
+  }
 
   const phases: Record<string, number> = {};
   const ch = await connect(d, o, timeoutMs);
@@ -171,8 +185,9 @@ export async function migrateContainer(store: StateStore, id: string, dest: stri
     if (why && e instanceof ProtocolError && /closed the connection|connection .* failed/.test(e.message)) return new ProtocolError(`${e.message}: ${why}`);
     return e;
   };
+  let demux: Demux | undefined;
   const answer = async (what: string) => {
-    const m = await withTimeout(reader.message(what), timeoutMs, what);
+    const m = await withTimeout(demux ? demux.message(what) : reader.message(what), timeoutMs, what);
     if (typeof m.error === 'string') throw new TsruncError(`the destination refused: ${m.error}`);
     return m;
   };
@@ -199,12 +214,15 @@ export async function migrateContainer(store: StateStore, id: string, dest: stri
 
     // 2. the request: the destination checks id and bundle before a byte of image
     const restoreFlags = [o.tcpEstablished && '--tcp-established', o.extUnixSk && '--ext-unix-sk', o.fileLocks && '--file-locks', o.shellJob && '--shell-job'].filter(Boolean);
-    await writer.send({ migrate: { id: newId, source: id, bundle: o.bundle, strategy: 'stop-copy', restoreFlags } });
+    await writer.send({ migrate: { id: newId, source: id, bundle: o.bundle, strategy: post ? 'post-copy' : 'stop-copy', restoreFlags } });
     const acc = await answer('the acceptance of the request');
     if (acc.accept !== true) throw new ProtocolError(`${d.text} did not accept the migration`);
+    // from here the destination's messages (and, for post-copy, its page requests) come through one reader
+    const tunnel = post ? new Tunnel(writer, { host: '127.0.0.1', port: pagePort }) : undefined;
+    demux = new Demux(reader, `the destination ${d.text}`, tunnel);
 
     // 3. the image into the connection; the destination's verdict may come early (an error)
-    let tFrozen = 0, tRunning = 0, tImageDone = 0;
+    let tFrozen = 0, tRunning = 0, tImageDone = 0, imageBytes = 0, pagesAtRunning = 0;
     let destError: unknown;
     const sink = writer.imageSink();
     sink.on('error', () => {}); // the export sees it; nothing else listens
@@ -219,18 +237,20 @@ export async function migrateContainer(store: StateStore, id: string, dest: stri
     let exp;
     try {
       exp = await exportCheckpoint(store, id, sink, {
-        ...o, leaveRunning: o.keepSource === true, compressLevel: o.compressLevel,
+        ...o, leaveRunning: o.keepSource === true, compressLevel: o.compressLevel, lazy: post ? { port: pagePort } : undefined,
         onFrozen: () => (tFrozen = Date.now()),
         onProgress: o.onProgress,
         confirm: async () => {
           tImageDone = Date.now();
+          imageBytes = writer.bytes;
           running = await verdict;
           if (running.running !== true) throw new ProtocolError(`${d.text} did not report the container running`);
           tRunning = Date.now();
+          pagesAtRunning = tunnel?.bytesOut ?? 0;
           // 4. commit: the destination keeps its copy; once it says so, the source goes
           try {
             await writer.send({ commit: true });
-            const c = await withTimeout(reader.message('the commit acknowledgement'), timeoutMs, 'the commit acknowledgement');
+            const c = await withTimeout(demux!.message('the commit acknowledgement'), timeoutMs, 'the commit acknowledgement');
             if (c.committed !== true) throw new ProtocolError('no commit acknowledgement');
           } catch (e) {
             throw new Uncertain(`migration of "${id}" to ${d.text}: the destination restored it but did not acknowledge the commit (${(broken(e) as Error).message}); `
@@ -247,10 +267,13 @@ export async function migrateContainer(store: StateStore, id: string, dest: stri
     phases.stream_ms = tImageDone - tFrozen - exp.dumpMs;
     phases.restore_wait_ms = tRunning - tImageDone;
     phases.finish_ms = Date.now() - tRunning;
+    if (post) phases.pages_ms = phases.finish_ms;
     const stats = (running?.stats ?? {}) as Record<string, unknown>;
     return {
       id: newId, destination: d.text, destPid: typeof running?.pid === 'number' ? running.pid : undefined,
       downtimeMs: tRunning - tFrozen, totalMs: Date.now() - t0, bytesSent: writer.bytes, phases, destStats: stats, warnings: exp.warnings,
+      strategy: post ? 'post-copy' : 'stop-copy', imageBytes, pageBytes: tunnel?.bytesOut,
+      pageBytesAfterRunning: tunnel ? tunnel.bytesOut - pagesAtRunning : undefined,
     };
   } catch (e) {
     // the connection closing tells the destination to undo; the source has been thawed by the export
@@ -259,4 +282,17 @@ export async function migrateContainer(store: StateStore, id: string, dest: stri
   } finally {
     ch.close();
   }
+}
+
+/** A free port on loopback for CRIU's page server (only the tunnel connects to it). */
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as import('node:net').AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

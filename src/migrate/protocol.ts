@@ -11,6 +11,9 @@
  *   C: J {migrate: {id, bundle, ...}}           S: J {accept} or J {error}
  *   C: D... E (the .tar.zst image)              S: J {running, pid, stats} or J {error}
  *   C: J {commit}                               S: J {committed}
+ * Post-copy adds T frames after the image, both ways: CRIU's page traffic between the
+ * destination's lazy-pages daemon and the source's page server, tunnelled through this
+ * authenticated connection (op 1 open / 2 data / 3 close, a connection number, bytes).
  * The destination keeps a restored container only when the commit arrives; the source
  * destroys its own only when "committed" arrives.
  */
@@ -23,7 +26,7 @@ const MAX_FRAME = 4 * 1024 * 1024;
 const MAX_JSON = 64 * 1024;
 const TAG = 32;
 
-export type FrameType = 'J' | 'D' | 'E';
+export type FrameType = 'J' | 'D' | 'E' | 'T';
 export interface Frame {
   type: FrameType;
   payload: Buffer;
@@ -90,7 +93,7 @@ export class FrameReader {
     }
     const type = String.fromCharCode(this.buf[0]) as FrameType;
     const len = this.buf.readUInt32BE(1);
-    if (type !== 'J' && type !== 'D' && type !== 'E') throw new ProtocolError(`${this.peer} sent something that is not tsrunc's migration protocol`);
+    if (type !== 'J' && type !== 'D' && type !== 'E' && type !== 'T') throw new ProtocolError(`${this.peer} sent something that is not tsrunc's migration protocol`);
     if (len > MAX_FRAME || (type === 'J' && len > MAX_JSON)) throw new ProtocolError(`${this.peer} sent a frame of ${len} bytes (at most ${MAX_FRAME})`);
     const total = 5 + len + (this.key ? TAG : 0);
     if (!(await this.fill(total))) throw new ProtocolError(`${this.peer} closed the connection in the middle of a frame`);
@@ -194,4 +197,129 @@ export async function readKeyFile(path: string): Promise<Buffer> {
   if (key.length < 16) throw new TsruncError(`--key-file ${path}: the key is ${key.length} bytes; use at least 16 (e.g. head -c 32 /dev/urandom | base64 > ${path})`);
   if ((statSync(path).mode & 0o077) !== 0) throw new TsruncError(`--key-file ${path}: readable by others (chmod 600 it)`);
   return key;
+}
+
+/** After the image: JSON messages queued for whoever waits, T frames to the tunnel. */
+export class Demux {
+  private readonly queue: Record<string, unknown>[] = [];
+  private waiter: { resolve: (m: Record<string, unknown>) => void; reject: (e: Error) => void } | undefined;
+  private failure: Error | undefined;
+
+  constructor(private readonly reader: FrameReader, private readonly peer: string, private readonly tunnel?: Tunnel) {
+    void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      for (;;) {
+        const f = await this.reader.next();
+        if (!f) throw new ProtocolError(`${this.peer} closed the connection`);
+        if (f.type === 'T') {
+          if (!this.tunnel) throw new ProtocolError(`${this.peer} sent page traffic outside a post-copy migration`);
+          await this.tunnel.handle(f.payload);
+        } else if (f.type === 'J') {
+          let m: unknown;
+          try {
+            m = JSON.parse(f.payload.toString('utf8'));
+          } catch {
+            throw new ProtocolError(`${this.peer} sent a malformed message`);
+          }
+          if (typeof m !== 'object' || m === null) throw new ProtocolError(`${this.peer} sent a malformed message`);
+          if (this.waiter) {
+            const w = this.waiter;
+            this.waiter = undefined;
+            w.resolve(m as Record<string, unknown>);
+          } else this.queue.push(m as Record<string, unknown>);
+        } else throw new ProtocolError(`${this.peer} sent image data after the image`);
+      }
+    } catch (e) {
+      this.failure = e as Error;
+      this.tunnel?.closeAll();
+      if (this.waiter) this.waiter.reject(this.failure);
+      this.waiter = undefined;
+    }
+  }
+
+  message(what: string): Promise<Record<string, unknown>> {
+    const m = this.queue.shift();
+    if (m) return Promise.resolve(m);
+    if (this.failure) return Promise.reject(new ProtocolError(`${this.failure.message} (waiting for ${what})`));
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject: (e) => reject(new ProtocolError(`${e.message} (waiting for ${what})`)) };
+    });
+  }
+}
+
+const OPEN = 1, DATA = 2, CLOSE = 3;
+
+/**
+ * One end of the page-traffic tunnel. The destination's end accepts local connections (the
+ * lazy-pages daemon's) and announces them; the source's end opens a connection to CRIU's page
+ * server for each. Bytes flow with backpressure both ways.
+ */
+export class Tunnel {
+  private readonly conns = new Map<number, import('node:net').Socket>();
+  private next = 1;
+  bytesIn = 0;
+  bytesOut = 0;
+
+  constructor(private readonly writer: FrameWriter, private readonly connectTo?: { host: string; port: number }) {}
+
+  private frame(op: number, id: number, data?: Buffer): Buffer {
+    const h = Buffer.alloc(3);
+    h[0] = op;
+    h.writeUInt16BE(id, 1);
+    return data ? Buffer.concat([h, data]) : h;
+  }
+
+  /** The destination's end: a local connection to carry. */
+  accept(sock: import('node:net').Socket): void {
+    const id = this.next++;
+    void this.writer.write('T', this.frame(OPEN, id)).catch(() => sock.destroy());
+    this.attach(id, sock);
+  }
+
+  private attach(id: number, sock: import('node:net').Socket): void {
+    this.conns.set(id, sock);
+    sock.on('data', (d: Buffer) => {
+      this.bytesOut += d.length;
+      sock.pause();
+      this.writer.write('T', this.frame(DATA, id, d)).then(() => sock.resume(), () => sock.destroy());
+    });
+    const gone = () => {
+      if (this.conns.delete(id)) void this.writer.write('T', this.frame(CLOSE, id)).catch(() => {});
+    };
+    sock.on('end', gone);
+    sock.on('close', gone);
+    sock.on('error', () => {});
+  }
+
+  async handle(payload: Buffer): Promise<void> {
+    if (payload.length < 3) throw new ProtocolError('a malformed tunnel frame');
+    const op = payload[0], id = payload.readUInt16BE(1);
+    if (op === OPEN) {
+      if (!this.connectTo || this.conns.has(id)) throw new ProtocolError('an unexpected tunnel connection');
+      const { connect } = await import('node:net');
+      const sock = connect(this.connectTo);
+      sock.setNoDelay(true);
+      this.attach(id, sock);
+    } else if (op === DATA) {
+      const sock = this.conns.get(id);
+      if (!sock) return; // closed on our side meanwhile
+      this.bytesIn += payload.length - 3;
+      if (!sock.write(payload.subarray(3))) await new Promise<void>((r) => {
+        sock.once('drain', r);
+        sock.once('close', r);
+      });
+    } else if (op === CLOSE) {
+      const sock = this.conns.get(id);
+      this.conns.delete(id);
+      sock?.end();
+    } else throw new ProtocolError('a malformed tunnel frame');
+  }
+
+  closeAll(): void {
+    for (const s of this.conns.values()) s.destroy();
+    this.conns.clear();
+  }
 }

@@ -13,7 +13,8 @@ import PQueue from 'p-queue';
 import { TsruncError } from '../errors.js';
 import { StateStore, validateId } from '../state/store.js';
 import { event } from '../cli/log.js';
-import { FrameReader, FrameWriter, PROTOCOL_VERSION, ProtocolError, mac, macEqual, nonce, readKeyFile, sessionKey } from './protocol.js';
+import { selfCommand } from '../version.js';
+import { Demux, FrameReader, FrameWriter, PROTOCOL_VERSION, Tunnel, ProtocolError, mac, macEqual, nonce, readKeyFile, sessionKey } from './protocol.js';
 
 export interface ServeOptions {
   root: string;
@@ -40,13 +41,14 @@ export interface ServeOptions {
 /** Restore flags a source may ask for (nothing that names a path on this host). */
 const RESTORE_FLAGS = new Set(['--tcp-established', '--ext-unix-sk', '--file-locks', '--shell-job', '--allow-devices']);
 
-function self(): string[] {
-  return [process.argv[1]];
-}
 
 /** Runs tsrunc (this same binary) on the destination's root. */
 function tsrunc(o: ServeOptions, args: string[]) {
-  return spawn(process.execPath, [...self(), '--root', o.root, ...(o.criu ? ['--criu', o.criu] : []), ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const [node, bin] = selfCommand();
+  // fd 3: restore says "running PID" there once the container runs
+  return spawn(node, [bin, '--root', o.root, ...(o.criu ? ['--criu', o.criu] : []), ...args], {
+    stdio: ['pipe', 'pipe', 'pipe', 'pipe'], env: { ...process.env, TSRUNC_READY_FD: '3' },
+  });
 }
 
 async function deleteForce(o: ServeOptions, id: string): Promise<void> {
@@ -148,9 +150,19 @@ export class MigrationServer {
     const bad = flags.find((f) => !RESTORE_FLAGS.has(f));
     if (bad) await refuse(`restore flag ${bad} is not accepted from a source`);
 
+    const post = m.strategy === 'post-copy';
+    if (post) {
+      try {
+        const { openCriu } = await import('../container/criu.js');
+        const { checkLazy } = await import('../container/checkpoint.js');
+        checkLazy(openCriu(this.o.criu));
+      } catch (e) {
+        await refuse(`post-copy: ${(e as Error).message}`);
+      }
+    } else if (m.strategy !== 'stop-copy') await refuse(`unknown strategy ${String(m.strategy)}`);
     this.claimed.add(id);
     try {
-      await this.queue.add(() => this.receive(reader, writer, peer, id, bundle as string, flags));
+      await this.queue.add(() => this.receive(reader, writer, peer, id, bundle as string, flags, post));
     } finally {
       this.claimed.delete(id);
     }
@@ -176,80 +188,108 @@ export class MigrationServer {
     return path;
   }
 
-  private async receive(reader: FrameReader, writer: FrameWriter, peer: string, id: string, bundle: string, flags: string[]): Promise<void> {
+  private async receive(reader: FrameReader, writer: FrameWriter, peer: string, id: string, bundle: string, flags: string[], post: boolean): Promise<void> {
     const t0 = Date.now();
-    await writer.send({ accept: true, bundle });
-    event(`migration from ${peer}: receiving "${id}" into bundle ${bundle}`);
-    const child = tsrunc(this.o, ['restore', '--import', '-', '--detach', '--print-stats', '--bundle', bundle, ...flags, id]);
-    let out = '', err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => {
-      if (err.length < 65536) err += d.toString();
-    });
-    const exited = new Promise<number>((r) => child.on('close', (code, sig) => r(code ?? 128 + (sig ? 15 : 0))));
-    let childGone = false;
-    void exited.then(() => (childGone = true));
-    child.stdin.on('error', () => {}); // EPIPE when restore gave up early: its exit says why
-
-    // the image, frame by frame, into restore's stdin
+    // post-copy: CRIU's lazy-pages daemon fetches the memory from a local port; the tunnel carries it to the source
+    let tunnel: Tunnel | undefined, tunnelServer: import('node:net').Server | undefined, pagePort = 0;
+    if (post) {
+      const t = (tunnel = new Tunnel(writer));
+      tunnelServer = createTcpServer((sock) => t.accept(sock));
+      await new Promise<void>((res) => tunnelServer!.listen(0, '127.0.0.1', () => res()));
+      pagePort = (tunnelServer.address() as import('node:net').AddressInfo).port;
+    }
     try {
-      for (;;) {
-        const f = await reader.next();
-        if (!f) throw new ProtocolError('the source closed the connection before the image ended');
-        if (f.type === 'E') break;
-        if (f.type !== 'D') throw new ProtocolError('the source sent a message in the middle of the image');
-        if (childGone) continue; // restore has already failed; read on so that the source hears why
-        if (!child.stdin.write(f.payload)) await new Promise<void>((r) => {
-          const done = () => { child.stdin.off('drain', done); clearInterval(t); r(); };
-          const t = setInterval(() => childGone && done(), 100);
-          child.stdin.once('drain', done);
+      await writer.send({ accept: true, bundle });
+      event(`migration from ${peer}: receiving "${id}" into bundle ${bundle}${post ? ' (post-copy)' : ''}`);
+      const child = tsrunc(this.o, ['restore', '--import', '-', '--detach', '--print-stats', '--bundle', bundle, ...flags,
+        ...(post ? ['--lazy-pages', '--page-server', `127.0.0.1:${pagePort}`] : []), id]);
+      let out = '', err = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => {
+        if (err.length < 65536) err += d.toString();
+      });
+      const exited = new Promise<number>((r) => child.on('close', (code, sig) => r(code ?? 128 + (sig ? 15 : 0))));
+      let childGone = false;
+      void exited.then(() => (childGone = true));
+      child.stdin!.on('error', () => {}); // EPIPE when restore gave up early: its exit says why
+      // "running PID" from restore once the container runs (for post-copy, before its memory is all there)
+      const running = new Promise<number | undefined>((res) => {
+        let line = '';
+        (child.stdio[3] as NodeJS.ReadableStream).on('data', (d: Buffer) => {
+          line += d.toString();
+          const m = /running (\d+)\n/.exec(line);
+          if (m) res(Number(m[1]));
         });
-      }
-      child.stdin.end();
-    } catch (e) {
-      // the connection broke mid-image: restore is told to stop, and undoes what it did
-      child.kill('SIGTERM');
-      await exited;
-      throw e;
-    }
-    const code = await exited;
-    if (code !== 0) {
-      const why = lastLine(err) || `restore exited with status ${code}`;
-      await writer.send({ error: `restore at the destination failed: ${why}` }).catch(() => {});
-      throw new ProtocolError(`restore of "${id}" failed: ${why}`);
-    }
-    let stats: Record<string, unknown> = {};
-    try {
-      stats = JSON.parse(out) as Record<string, unknown>;
-    } catch {
-      /* no stats: fine */
-    }
-    const state = (() => {
+        void exited.then(() => res(undefined));
+      });
+
+      // the image, frame by frame, into restore's stdin
       try {
-        return this.store.load(id);
-      } catch {
-        return undefined;
+        for (;;) {
+          const f = await reader.next();
+          if (!f) throw new ProtocolError('the source closed the connection before the image ended');
+          if (f.type === 'E') break;
+          if (f.type !== 'D') throw new ProtocolError('the source sent a message in the middle of the image');
+          if (childGone) continue; // restore has already failed; read on so that the source hears why
+          if (!child.stdin!.write(f.payload)) await new Promise<void>((r) => {
+            const done = () => { child.stdin!.off('drain', done); clearInterval(t); r(); };
+            const t = setInterval(() => childGone && done(), 100);
+            child.stdin!.once('drain', done);
+          });
+        }
+        child.stdin!.end();
+      } catch (e) {
+        // the connection broke mid-image: restore is told to stop, and undoes what it did
+        child.kill('SIGTERM');
+        await exited;
+        throw e;
       }
-    })();
-    await writer.send({ running: true, pid: state?.pid, receive_ms: Date.now() - t0, stats }).catch(() => {});
-    // kept only when the source commits; otherwise the source resumes and this copy must go
-    let committed = false;
-    const timeout = this.o.commitTimeoutMs ?? 30000;
-    try {
-      const m = await Promise.race([
-        reader.message('the commit'),
-        new Promise<never>((_, rej) => setTimeout(() => rej(new ProtocolError(`no commit from the source within ${timeout / 1000}s`)), timeout).unref()),
-      ]);
-      if (m.commit === true) committed = true;
-      else throw new ProtocolError(`the source aborted: ${typeof m.abort === 'string' ? m.abort : 'no reason given'}`);
-      await writer.send({ committed: true });
-      event(`migration from ${peer}: "${id}" runs here (pid ${state?.pid}), ${Date.now() - t0} ms`);
-    } catch (e) {
-      if (!committed) {
-        await deleteForce(this.o, id);
-        event(`migration from ${peer}: "${id}" deleted again: ${(e as Error).message}`, 'warning');
+      // from here the source's messages and page traffic come through one reader
+      const demux = new Demux(reader, `the source ${peer}`, tunnel);
+      const pid = await running;
+      if (pid === undefined) {
+        const code = await exited;
+        const why = lastLine(err) || `restore exited with status ${code}`;
+        await writer.send({ error: `restore at the destination failed: ${why}` }).catch(() => {});
+        throw new ProtocolError(`restore of "${id}" failed: ${why}`);
       }
-      throw e;
+      if (!post) await exited;
+      const stats = (() => {
+        try {
+          return JSON.parse(out) as Record<string, unknown>;
+        } catch {
+          return {};
+        }
+      })();
+      await writer.send({ running: true, pid, receive_ms: Date.now() - t0, stats }).catch(() => {});
+      // kept only when the source commits; otherwise the source resumes and this copy must go
+      let committed = false;
+      const timeout = this.o.commitTimeoutMs ?? 30000;
+      try {
+        const m = await Promise.race([
+          demux.message('the commit'),
+          new Promise<never>((_, rej) => setTimeout(() => rej(new ProtocolError(`no commit from the source within ${timeout / 1000}s`)), timeout).unref()),
+        ]);
+        if (m.commit === true) committed = true;
+        else throw new ProtocolError(`the source aborted: ${typeof m.abort === 'string' ? m.abort : 'no reason given'}`);
+        await writer.send({ committed: true });
+        event(`migration from ${peer}: "${id}" runs here (pid ${pid}), ${Date.now() - t0} ms${post ? '; its memory follows' : ''}`);
+      } catch (e) {
+        if (!committed) {
+          child.kill('SIGTERM');
+          await deleteForce(this.o, id);
+          event(`migration from ${peer}: "${id}" deleted again: ${(e as Error).message}`, 'warning');
+        }
+        throw e;
+      }
+      if (post) {
+        const code = await exited;
+        if (code !== 0) throw new ProtocolError(`post-copy of "${id}": ${lastLine(err) || `restore exited with status ${code}`}`);
+        event(`migration from ${peer}: "${id}" has all its memory (${tunnel!.bytesIn} bytes of page traffic), ${Date.now() - t0} ms`);
+      }
+    } finally {
+      tunnel?.closeAll();
+      tunnelServer?.close();
     }
   }
 }

@@ -73,6 +73,12 @@ export class StateStore {
   }
 
   /** Claims the id: mkdir is atomic, so two creates of one id cannot both win. */
+  /** The id is valid and not taken (claim checks again, atomically). */
+  checkFree(id: string): void {
+    validateId(id);
+    if (existsSync(this.dir(id))) throw new TsruncError(`container "${id}" already exists`);
+  }
+
   claim(id: string): void {
     validateId(id);
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
