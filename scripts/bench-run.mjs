@@ -1,10 +1,13 @@
 // Benchmarks, tsrunc and runc side by side in one run:
-//   scripts/bench [--runs N] [--only startup,image] [--sizes 64,512,2048]
+//   scripts/bench [--runs N] [--only startup,image,migrate] [--sizes 64,512,2048]
 // startup: `tsrunc run` vs `runc run` of `true` in one busybox bundle, alternately, N runs;
 //   `node -e 0` as the floor.
 // image: a container holding SIZE MiB (fixtures/memhog.c) checkpointed into one compressed file
 //   and restored from it, once per size: `tsrunc checkpoint --export` / `restore --import` vs
 //   `runc checkpoint` + tar + `zstd -1` and back; times, file sizes, tsrunc's peak RSS.
+// migrate: the same containers moved between the two test hosts of scripts/netns-hosts:
+//   `tsrunc migrate` stop-copy and post-copy vs runc checkpoint | tar | zstd | ssh | zstd -d |
+//   tar, runc restore; downtime and total time.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,10 +17,10 @@ import { parseArgs } from 'node:util';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const TSRUNC = join(repo, 'bin', 'tsrunc');
-const SECTIONS = ['startup', 'image'];
+const SECTIONS = ['startup', 'image', 'migrate'];
 
 function options(argv) {
-  const usage = 'usage: scripts/bench [--runs N] [--only startup,image] [--sizes 64,512,2048]';
+  const usage = 'usage: scripts/bench [--runs N] [--only startup,image,migrate] [--sizes 64,512,2048]';
   let a;
   try {
     a = parseArgs({
@@ -428,6 +431,139 @@ async function image(sizes) {
   return ok;
 }
 
+// ---- migrate -------------------------------------------------------------------------------
+
+const HOSTS = join(repo, 'scripts', 'netns-hosts');
+const PC_GOAL_MS = 100, PC_GOAL_FACTOR = 50, SC_GOAL_RATIO = 0.6;
+
+function hostsEnv() {
+  const env = {};
+  for (const line of readFileSync('/run/tsrunc-hosts/env', 'utf8').split('\n')) {
+    const m = /^(\w+)='(.*)'$/.exec(line);
+    if (m) env[m[1]] = m[2];
+  }
+  return env;
+}
+
+const onA = (cmd, args) => ['nsenter', ['--net=/run/netns/tsrunc-a', '--', cmd, ...args]];
+
+/** One tsrunc migration of a memhog container from host a to host b. */
+async function tsruncMigration(env, dir, size, strategy, key, port) {
+  const ra = runtime(TSRUNC, env.HOST_A_ROOT), rb = runtime(TSRUNC, env.HOST_B_ROOT);
+  const tag = `${strategy === 'post-copy' ? 'pc' : 'sc'}${size}-${process.pid}`;
+  const b = join(dir, `bundle-${tag}`), name = `bench-${tag}`, destB = join(env.HOST_B_BUNDLES, name);
+  const id = `bench-${tag}`, id2 = `bench-${tag}-b`;
+  const res = {};
+  try {
+    memhogBundle(b, size);
+    await must('cp', ['-a', b, destB]);
+    res.sum = await startMemhog(ra, b, id, size);
+    const [c, a] = onA(TSRUNC, ra.argv(['migrate', '--strategy', strategy, '--key-file', key, '--new-id', id2, '--bundle', name, '--print-stats', id, `tsrunc://10.231.0.2:${port}`]));
+    const r = await must(c, a, { timeoutMs: 120_000 + 500 * size, log: ra.log });
+    const st = parseStats(r.stdout) ?? {};
+    res.downtimeMs = st.downtime_ms;
+    res.totalMs = st.total_ms;
+    res.mib = st.bytes_sent / MiB;
+    res.phases = st.phases;
+    res.afterRunning = st.page_bytes_after_running;
+    res.after = await checkRestored(rb, destB, id2, size);
+  } catch (e) {
+    if (e instanceof Stopped) throw e;
+    res.error = e.message;
+  } finally {
+    await removeAll(ra, [id]);
+    await run(TSRUNC, ['--root', rb.root, 'delete', '-f', id2], { cleanup: true, timeoutMs: 60_000 });
+    removeDir(destB);
+  }
+  return res;
+}
+
+/** runc's stop-and-copy: checkpoint, tar | zstd -1 over ssh to host b, unpack, restore there. */
+async function runcMigration(env, dir, size) {
+  const rootA = join(dir, 'runc-a'), rootB = join(dir, 'runc-b');
+  const ra = runtime('runc', rootA), rb = runtime('runc', rootB);
+  const b = join(dir, 'runc-bundle'), img = join(dir, 'runc-img'), img2 = join(dir, 'runc-img2');
+  const id = `bench-runc-mig${size}-${process.pid}`;
+  const q = (x) => `'${x.replaceAll("'", "'\\''")}'`;
+  const res = {};
+  try {
+    memhogBundle(b, size);
+    res.sum = await startMemhog(ra, b, id, size);
+    mkdirSync(img2);
+    const r = await must('bash', ['-c', `set -o pipefail; runc --root ${q(rootA)} checkpoint --image-path ${q(img)} ${q(id)} && ` +
+      `tar -C ${q(img)} -cf - . | zstd -1 -T0 -q | ${env.SSH_B} ${q(`zstd -d -q | tar -x -C ${img2} && runc --root ${rootB} restore -d --image-path ${img2} --bundle ${b} ${id} </dev/null >/dev/null 2>&1`)}`],
+    { timeoutMs: 120_000 + 500 * size });
+    res.downtimeMs = r.ms;
+    res.totalMs = r.ms;
+    res.after = await checkRestored(rb, b, id, size);
+  } catch (e) {
+    if (e instanceof Stopped) throw e;
+    res.error = e.message;
+  } finally {
+    await removeAll(ra, [id]);
+    await removeAll(rb, [id]);
+  }
+  return res;
+}
+
+function reportMigration(size, sc, pc, rc) {
+  const at = size === GOAL_SIZE;
+  const verdict = (ok) => ok === undefined ? '' : at ? (ok ? 'PASS' : 'MISS') : (ok ? '(pass)' : '(miss)');
+  const f = (v) => v === undefined ? 'n/a' : String(Math.round(v));
+  console.log(`\nmigration, memhog ${size} MiB, host a -> host b (netns, veth): tsrunc migrate vs runc checkpoint | tar | zstd -1 | ssh | restore`);
+  console.log(`  ${''.padEnd(24)}${'downtime ms'.padStart(12)}${'total ms'.padStart(10)}${'MiB sent'.padStart(10)}`);
+  for (const [name, r] of [['tsrunc stop-copy', sc], ['tsrunc post-copy', pc], ['runc stop-and-copy', rc]])
+    console.log(`  ${name.padEnd(24)}${f(r.downtimeMs).padStart(12)}${f(r.totalMs).padStart(10)}${(r.mib === undefined ? '' : r.mib.toFixed(1)).padStart(10)}`);
+  if (pc.downtimeMs !== undefined && rc.downtimeMs !== undefined) {
+    const factor = rc.downtimeMs / pc.downtimeMs;
+    console.log(`  post-copy downtime ${pc.downtimeMs} ms: goal <= ${PC_GOAL_MS} ms ${verdict(pc.downtimeMs <= PC_GOAL_MS)}; ${factor.toFixed(1)}x below runc's (goal >= ${PC_GOAL_FACTOR}x) ${verdict(factor >= PC_GOAL_FACTOR)}`);
+  }
+  if (sc.totalMs !== undefined && rc.totalMs !== undefined) {
+    const r = sc.totalMs / rc.totalMs;
+    console.log(`  stop-copy ${r.toFixed(2)}x runc's pipeline (goal <= ${SC_GOAL_RATIO}x) ${verdict(r <= SC_GOAL_RATIO)}`);
+  }
+  for (const [name, r] of [['stop-copy', sc], ['post-copy', pc]]) if (r.phases) console.log(`  tsrunc ${name} phases (ms): ${Object.entries(r.phases).map(([k, v]) => `${k.replace(/_ms$/, '')} ${v}`).join(', ')}${r.afterRunning !== undefined ? `; ${(r.afterRunning / MiB).toFixed(1)} MiB of pages moved after it ran` : ''}`);
+  for (const [name, r] of [['stop-copy', sc], ['post-copy', pc], ['runc', rc]]) {
+    if (r.error) console.log(`  ${name}: FAILED: ${r.error.split('\n').join('\n    ')}`);
+    else console.log(`  ${name}: at the destination: ${r.after}`);
+  }
+}
+
+async function migrate(sizes) {
+  if (!existsSync(MEMHOG)) throw new Error(`${MEMHOG} is missing: run scripts/build (make -C native)`);
+  if (Number(readFileSync('/proc/sys/fs/pipe-max-size', 'utf8')) < 4194304) execFileSync('sysctl', ['-qw', 'fs.pipe-max-size=4194304']);
+  execFileSync(HOSTS, ['up'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const env = hostsEnv();
+  const sigs = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const s of sigs) process.on(s, onStop);
+  const dir = mkdtempSync(join(tmpdir(), 'tsrunc-bench-mig-'));
+  const key = join(dir, 'key');
+  writeFileSync(key, execFileSync('sh', ['-c', 'head -c 32 /dev/urandom | base64']), { mode: 0o600 });
+  const port = 7690;
+  const serve = spawn('nsenter', ['--net=/run/netns/tsrunc-b', '--', TSRUNC, '--root', env.HOST_B_ROOT, 'serve', '--listen', `10.231.0.2:${port}`,
+    '--key-file', key, '--bundles', env.HOST_B_BUNDLES], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  serve.stdout.on('data', (d) => { out += d; });
+  let ok = true;
+  try {
+    await waitFor('serve to listen', 10_000, () => out.includes('listening'));
+    for (const size of sizes) {
+      checkStop();
+      const sc = await tsruncMigration(env, dir, size, 'stop-copy', key, port);
+      const pc = await tsruncMigration(env, dir, size, 'post-copy', key, port);
+      const rc = await runcMigration(env, dir, size);
+      reportMigration(size, sc, pc, rc);
+      ok = ok && !sc.error && !pc.error && !rc.error;
+    }
+  } finally {
+    serve.kill('SIGTERM');
+    for (const s of sigs) process.off(s, onStop);
+    removeDir(dir);
+    spawnSync(HOSTS, ['down'], { stdio: 'ignore' });
+  }
+  return ok;
+}
+
 // ---- main ---------------------------------------------------------------------------------
 
 const opts = options(process.argv.slice(2));
@@ -435,7 +571,8 @@ let ok = true;
 try {
   for (const s of opts.only) {
     if (s === 'startup') startup(opts.runs);
-    else ok = (await image(opts.sizes)) && ok;
+    else if (s === 'image') ok = (await image(opts.sizes)) && ok;
+    else ok = (await migrate(opts.sizes)) && ok;
   }
 } catch (e) {
   console.error(`bench: ${e.message}`);
