@@ -465,6 +465,7 @@ async function tsruncMigration(env, dir, size, strategy, key, port) {
     res.totalMs = st.total_ms;
     res.mib = st.bytes_sent / MiB;
     res.phases = st.phases;
+    res.dest = st.destination_stats;
     res.afterRunning = st.page_bytes_after_running;
     res.after = await checkRestored(rb, destB, id2, size);
   } catch (e) {
@@ -482,7 +483,7 @@ async function tsruncMigration(env, dir, size, strategy, key, port) {
 async function runcMigration(env, dir, size) {
   const rootA = join(dir, 'runc-a'), rootB = join(dir, 'runc-b');
   const ra = runtime('runc', rootA), rb = runtime('runc', rootB);
-  const b = join(dir, 'runc-bundle'), img = join(dir, 'runc-img'), img2 = join(dir, 'runc-img2');
+  const b = join(dir, `runc-bundle-${size}`), img = join(dir, `runc-img-${size}`), img2 = join(dir, `runc-img2-${size}`);
   const id = `bench-runc-mig${size}-${process.pid}`;
   const q = (x) => `'${x.replaceAll("'", "'\\''")}'`;
   const res = {};
@@ -522,7 +523,7 @@ function reportMigration(size, sc, pc, rc) {
     const r = sc.totalMs / rc.totalMs;
     console.log(`  stop-copy ${r.toFixed(2)}x runc's pipeline (goal <= ${SC_GOAL_RATIO}x) ${verdict(r <= SC_GOAL_RATIO)}`);
   }
-  for (const [name, r] of [['stop-copy', sc], ['post-copy', pc]]) if (r.phases) console.log(`  tsrunc ${name} phases (ms): ${Object.entries(r.phases).map(([k, v]) => `${k.replace(/_ms$/, '')} ${v}`).join(', ')}${r.afterRunning !== undefined ? `; ${(r.afterRunning / MiB).toFixed(1)} MiB of pages moved after it ran` : ''}`);
+  for (const [name, r] of [['stop-copy', sc], ['post-copy', pc]]) if (r.phases) console.log(`  tsrunc ${name} phases (ms): ${Object.entries(r.phases).map(([k, v]) => `${k.replace(/_ms$/, '')} ${v}`).join(', ')}${r.afterRunning !== undefined ? `; ${(r.afterRunning / MiB).toFixed(1)} MiB of pages moved after it ran` : ''}${r.dest?.restore_ms !== undefined ? `; at the destination: import ${r.dest.import_ms}, CRIU restore ${r.dest.restore_ms}` : ''}`);
   for (const [name, r] of [['stop-copy', sc], ['post-copy', pc], ['runc', rc]]) {
     if (r.error) console.log(`  ${name}: FAILED: ${r.error.split('\n').join('\n    ')}`);
     else console.log(`  ${name}: at the destination: ${r.after}`);

@@ -161,8 +161,20 @@ export function registerCheckpoint(program: Command): void {
       const { readFileSync } = await import('node:fs');
       const { openCriu } = await import('../container/criu.js');
       const { dumpError } = await import('../container/checkpoint.js');
-      const { id, dump } = JSON.parse(readFileSync(file, 'utf8'));
       const criu = openCriu(globals(cmd).criu);
+      if (file === '-') {
+        // started ahead of time: CRIU is loaded; the options file comes on stdin when it is time
+        criu.version();
+        process.stdout.write('loaded\n');
+        let line = '';
+        for await (const chunk of process.stdin) {
+          line += String(chunk);
+          if (line.includes('\n')) break;
+        }
+        file = line.trim();
+        if (!file) throw new TsruncError('__criu-dump: no options file came');
+      }
+      const { id, dump } = JSON.parse(readFileSync(file, 'utf8'));
       try {
         criu.dump(dump);
       } catch (e) {

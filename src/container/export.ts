@@ -134,6 +134,16 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
     inProgress = { thaw: !wasPaused ? fz : undefined, remove: [scratch.dir, ...(typeof out === 'string' ? [`${resolve(out)}.${process.pid}.partial`] : [])] };
     store.setUndo(id, inProgress);
 
+    // post-copy: the process that will run the lazy dump starts (node, libcriu) before the freeze, not during the downtime
+    if (o.lazy) checkLazy(criu);
+    const dumper = o.lazy ? spawnLazyDumper(store, o) : undefined;
+    if (dumper) {
+      const why = await dumper.loaded;
+      if (why) {
+        dumper.kill();
+        throw new TsruncError(why);
+      }
+    }
     // frozen by us, so CRIU leaves it frozen after the dump: memory and rootfs stay one moment in time
     const tFreeze = Date.now();
     o.onFrozen?.();
@@ -147,9 +157,8 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
     try {
       o.onProgress?.('dump', 0);
       let meta;
-      if (o.lazy) {
-        checkLazy(criu);
-        lazy = await startLazyDump(store, rec, o, imagesDir, scratch.dir, o.lazy.port);
+      if (o.lazy && dumper) {
+        lazy = await startLazyDump(dumper, rec, o, imagesDir, scratch.dir, o.lazy.port);
         meta = lazy.meta;
       } else meta = dumpContainer(rec, criu, o, imagesDir, scratch.dir, true);
       const dumpMs = Date.now() - tFreeze;
@@ -217,7 +226,7 @@ export async function exportCheckpoint(store: StateStore, id: string, out: NodeJ
         rootfs: diff ? { changed: diff.changed.length, deleted: diff.deleted.length } : undefined, warnings,
       };
     } catch (e) {
-      lazy?.kill();
+      dumper?.kill();
       // a migration that cannot tell whether the destination took over leaves the container frozen (paused), neither lost nor doubled
       if ((e as { keepFrozen?: boolean }).keepFrozen) settled = true;
       await resume();
@@ -239,44 +248,70 @@ interface LazyDump {
   kill: () => void;
 }
 
+interface LazyDumper {
+  /** undefined once the process has CRIU loaded, else why it could not */
+  loaded: Promise<string | undefined>;
+  go: (optionsFile: string) => void;
+  /** resolves when the process ends: undefined when CRIU served every page, else why not */
+  exited: Promise<string | undefined>;
+  status: NodeJS.ReadableStream;
+  kill: () => void;
+}
+
 /**
- * A lazy dump in a tsrunc process of its own (libcriu blocks its caller until the last page is
- * fetched): resolves once CRIU's page server listens (its status fd), i.e. once the image
- * directory holds everything but the memory.
+ * The process for a lazy dump (libcriu blocks its caller until the last page is fetched):
+ * `tsrunc __criu-dump -` loads CRIU, says so, then waits for the options file on stdin.
  */
-async function startLazyDump(store: StateStore, rec: ContainerRecord, o: ExportOptions, imagesDir: string, workDir: string, port: number): Promise<LazyDump> {
+function spawnLazyDumper(store: StateStore, o: ExportOptions): LazyDumper {
+  const [node, bin] = selfCommand();
+  const child = spawn(node, [bin, '--root', store.root, ...(o.criu ? ['--criu', o.criu] : []), '__criu-dump', '-'], {
+    stdio: ['pipe', 'pipe', 'pipe', 'pipe'], detached: true,
+  });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    if (err.length < 8192) err += d.toString();
+  });
+  child.stdin!.on('error', () => {});
+  const exited = new Promise<string | undefined>((res) => child.on('close', (code, sig) => {
+    const last = err.trim().split('\n').filter(Boolean).pop()?.replace(/^tsrunc: /, '');
+    res(code === 0 ? undefined : last || `the lazy dump ended with ${sig ?? `status ${code}`}`);
+  }));
+  const loaded = new Promise<string | undefined>((res) => {
+    child.stdout!.once('data', () => res(undefined));
+    void exited.then((why) => res(why ?? 'the lazy dump ended before it started'));
+  });
+  return {
+    loaded, exited, status: child.stdio[3] as NodeJS.ReadableStream,
+    go: (file) => child.stdin!.end(file + '\n'),
+    kill: () => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL'); // CRIU's swrk is in its group too
+      } catch {
+        /* gone */
+      }
+    },
+  };
+}
+
+/**
+ * Starts the lazy dump: resolves once CRIU's page server listens (its status fd), i.e. once the
+ * image directory holds everything but the memory.
+ */
+async function startLazyDump(d: LazyDumper, rec: ContainerRecord, o: ExportOptions, imagesDir: string, workDir: string, port: number): Promise<LazyDump> {
   const { dump, meta } = dumpPlan(rec, o, imagesDir, workDir, true);
   dump.lazyPages = true;
   dump.pageServer = { address: '127.0.0.1', port };
   dump.statusFd = 3;
   const file = posix.join(workDir, 'tsrunc-lazy-dump.json');
   writeFileSync(file, JSON.stringify({ id: rec.id, dump }), { mode: 0o600 });
-  const [node, bin] = selfCommand();
-  const child = spawn(node, [bin, '--root', store.root, ...(o.criu ? ['--criu', o.criu] : []), '__criu-dump', file], {
-    stdio: ['ignore', 'ignore', 'pipe', 'pipe'], detached: true,
-  });
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => {
-    if (err.length < 8192) err += d.toString();
-  });
-  const exited = new Promise<string | undefined>((res) => child.on('close', (code, sig) => {
-    const last = err.trim().split('\n').filter(Boolean).pop()?.replace(/^tsrunc: /, '');
-    res(code === 0 ? undefined : last || `the lazy dump ended with ${sig ?? `status ${code}`}`);
-  }));
-  const kill = () => {
-    try {
-      process.kill(-child.pid!, 'SIGKILL'); // CRIU's swrk is in its group too
-    } catch {
-      /* gone */
-    }
-  };
+  d.go(file);
   const ready = await new Promise<string | undefined>((res) => {
-    (child.stdio[3] as NodeJS.ReadableStream).once('data', () => res(undefined));
-    void exited.then((why) => res(why ?? 'the lazy dump ended before its page server was ready'));
+    d.status.once('data', () => res(undefined));
+    void d.exited.then((why) => res(why ?? 'the lazy dump ended before its page server was ready'));
   });
   if (ready) {
-    kill();
+    d.kill();
     throw new TsruncError(ready);
   }
-  return { meta, done: exited, kill };
+  return { meta, done: d.exited, kill: d.kill };
 }
