@@ -4,7 +4,7 @@ import { posix, resolve } from 'node:path';
 import { TsruncError } from '../errors.js';
 import { cgroupManager, defaultCgroupsPath, hostHierarchies, refuseBusyCgroup } from '../cgroups/manager.js';
 import type { Resources } from '../cgroups/resources.js';
-import { parseMountOptions } from '../init/compile.js';
+import { checkDestinationInRoot, parseMountOptions } from '../init/compile.js';
 import { procStat, waitGone } from '../linux/proc.js';
 import { bindMount, detach } from '../linux/mount.js';
 import { StateStore, validateId, writeFileAtomic, type ContainerRecord } from '../state/store.js';
@@ -49,6 +49,31 @@ export function readCheckpointMeta(imagesDir: string): CheckpointMeta {
     throw new TsruncError(`image path ${imagesDir}: ${META_FILE} is ${existsSync(metaPath) ? 'damaged' : 'missing'}`);
   }
   return checkMeta(meta, `image path ${imagesDir}: ${META_FILE}`);
+}
+
+/**
+ * CRIU mounts onto the mountpoints of the rootfs it is given; a fresh rootfs (another host, an
+ * engine's new overlay) may lack those the runtime made at create: a bind of a file needs a file.
+ */
+function makeMountpoints(rootfs: string, bundle: string, spec: Spec): void {
+  for (const [i, m] of (spec.mounts ?? []).entries()) {
+    const inRoot = checkDestinationInRoot(rootfs, posix.normalize(m.destination), `mounts[${i}].destination`);
+    const host = posix.join(rootfs, inRoot);
+    if (existsSync(host)) continue;
+    let fileSource = false;
+    if (m.type === 'bind' || parseMountOptions(m.options).bind) {
+      const src = m.source && (m.source.startsWith('/') ? m.source : posix.join(bundle, m.source));
+      try {
+        fileSource = !!src && !statSync(src).isDirectory();
+      } catch {
+        /* a missing source is CRIU's to report */
+      }
+    }
+    if (fileSource) {
+      mkdirSync(posix.dirname(host), { recursive: true });
+      closeSync(openSync(host, 'a', 0o644));
+    } else mkdirSync(host, { recursive: true });
+  }
 }
 
 /** Where restore takes the checkpoint from when it is not runc's --image-path directory. */
@@ -140,6 +165,7 @@ export async function restoreContainer(store: StateStore, id: string, o: Restore
 
     // the last step before CRIU, once every check has passed: an imported rootfs diff goes in
     await from?.beforeCriu?.(rootfs, store.dir(id));
+    makeMountpoints(rootfs, bundle, spec);
     if (!from && existsSync(posix.join(imagesDir, IMAGE_SNAPSHOT))) copyFileSync(posix.join(imagesDir, IMAGE_SNAPSHOT), posix.join(store.dir(id), ROOTFS_SNAPSHOT));
     let pid: number;
     try {
