@@ -1,5 +1,8 @@
 /** Runs OCI hooks from the runtime: the state JSON on stdin, the hook's own env and args, a timeout. */
 import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { posix } from 'node:path';
 import { TsruncError } from '../errors.js';
 import type { Hook, HookName } from '../spec/types.js';
 
@@ -53,12 +56,23 @@ export function runHooksSync(kind: HookName, hooks: Hook[] | undefined, state: o
   for (const [i, hook] of (hooks ?? []).entries()) {
     const args = hook.args && hook.args.length > 0 ? hook.args : [hook.path];
     const where = `hooks.${kind}[${i}] (${hook.path})`;
-    const r = spawnSync(hook.path, args.slice(1), {
-      argv0: args[0],
-      env: Object.fromEntries((hook.env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)])),
-      input: JSON.stringify(state), stdio: ['pipe', 'ignore', 'pipe'], encoding: 'utf8',
-      timeout: hook.timeout ? hook.timeout * 1000 : undefined, killSignal: 'SIGKILL',
-    });
+    // the state comes from a file, not a pipe: a hook that exits without reading it is no EPIPE
+    const dir = mkdtempSync(posix.join(tmpdir(), 'tsrunc-hook-'));
+    const file = posix.join(dir, 'state.json');
+    writeFileSync(file, JSON.stringify(state), { mode: 0o600 });
+    const fd = openSync(file, 'r');
+    let r;
+    try {
+      r = spawnSync(hook.path, args.slice(1), {
+        argv0: args[0],
+        env: Object.fromEntries((hook.env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)])),
+        stdio: [fd, 'ignore', 'pipe'], encoding: 'utf8',
+        timeout: hook.timeout ? hook.timeout * 1000 : undefined, killSignal: 'SIGKILL',
+      });
+    } finally {
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
     if (r.error && (r.error as NodeJS.ErrnoException).code === 'ETIMEDOUT') throw new TsruncError(`${where}: timed out after ${hook.timeout}s`);
     if (r.error) throw new TsruncError(`${where}: ${r.error.message}`);
     if (r.status !== 0) {
